@@ -1,0 +1,227 @@
+"""Variable-rate mean-scale hyperprior codec (Minnen et al. 2018 without context model).
+
+Rate control: per-level gain vectors (Cui et al. 2021) on the latent and hyper-latent,
+interpolated *linearly* between adjacent levels so that the integer runtime can do the
+same interpolation exactly.  The hyper-synthesis (entropy-parameter network) only uses
+ops that have an exact fixed-point form: 'same' convolutions, ReLU and pixel shuffle.
+It predicts means and *log*-scales, so the runtime never evaluates a transcendental
+function on the path that drives the entropy coder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCALE_MIN = 0.11
+SCALE_MAX = 64.0
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    n: int = 64  # transform channels
+    m: int = 96  # latent channels
+    nz: int = 48  # hyper-latent channels
+    nh: int = 64  # hyper-synthesis width
+    lambdas: tuple[float, ...] = (0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.05)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lambdas"] = list(self.lambdas)
+        return d
+
+
+class GDN(nn.Module):
+    """Generalised divisive normalisation; `inverse=True` gives IGDN."""
+
+    def __init__(self, ch: int, inverse: bool = False):
+        super().__init__()
+        self.inverse = inverse
+        self.beta = nn.Parameter(torch.ones(ch))
+        self.gamma = nn.Parameter(0.1 * torch.eye(ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.beta.abs() + 1e-6
+        gamma = self.gamma.abs()[:, :, None, None]
+        norm = torch.sqrt(F.conv2d(x * x, gamma, beta))
+        return x * norm if self.inverse else x / norm
+
+
+def conv(i: int, o: int, k: int = 5, s: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(i, o, k, s, k // 2)
+
+
+def deconv(i: int, o: int, k: int = 5, s: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(i, o, k, s, k // 2, output_padding=s - 1)
+
+
+class Analysis(nn.Module):
+    def __init__(self, c: CodecConfig):
+        super().__init__()
+        n, m = c.n, c.m
+        self.net = nn.Sequential(conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Synthesis(nn.Module):
+    def __init__(self, c: CodecConfig):
+        super().__init__()
+        n, m = c.n, c.m
+        self.net = nn.Sequential(
+            deconv(m, n), GDN(n, True), deconv(n, n), GDN(n, True), deconv(n, n), GDN(n, True), deconv(n, 3)
+        )
+
+    def forward(self, y):
+        return self.net(y)
+
+
+class HyperAnalysis(nn.Module):
+    def __init__(self, c: CodecConfig):
+        super().__init__()
+        self.net = nn.Sequential(
+            conv(c.m, c.nh, 3, 1), nn.LeakyReLU(0.1), conv(c.nh, c.nh, 5, 2), nn.LeakyReLU(0.1), conv(c.nh, c.nz, 5, 2)
+        )
+
+    def forward(self, y):
+        return self.net(y)
+
+
+class HyperSynthesis(nn.Module):
+    """z_hat -> (means, log_scales).  Exactly mirrored by saic.codec.hyper (fixed point)."""
+
+    def __init__(self, c: CodecConfig):
+        super().__init__()
+        self.c1 = nn.Conv2d(c.nz, c.nh, 3, 1, 1)
+        self.c2 = nn.Conv2d(c.nh, 4 * c.nh, 3, 1, 1)
+        self.c3 = nn.Conv2d(c.nh, 4 * c.nh, 3, 1, 1)
+        self.c4 = nn.Conv2d(c.nh, 2 * c.m, 1, 1, 0)
+
+    def forward(self, z):
+        h = F.relu(self.c1(z))
+        h = F.relu(F.pixel_shuffle(self.c2(h), 2))
+        h = F.relu(F.pixel_shuffle(self.c3(h), 2))
+        means, log_scales = self.c4(h).chunk(2, 1)
+        return means, log_scales
+
+
+class FactorizedPrior(nn.Module):
+    """Ballé et al. 2018 univariate non-parametric density, one per channel."""
+
+    def __init__(self, ch: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0):
+        super().__init__()
+        f = (1,) + filters + (1,)
+        scale = init_scale ** (1 / (len(filters) + 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(filters) + 1):
+            init = math.log(math.expm1(1 / scale / f[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((ch, f[i + 1], f[i]), init)))
+            self.biases.append(nn.Parameter(torch.rand(ch, f[i + 1], 1) - 0.5))
+            if i < len(filters):
+                self.factors.append(nn.Parameter(torch.zeros(ch, f[i + 1], 1)))
+
+    def _logits_cdf(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (C, 1, N)
+        for i, (mat, b) in enumerate(zip(self.matrices, self.biases)):
+            x = torch.matmul(F.softplus(mat), x) + b
+            if i < len(self.factors):
+                x = x + torch.tanh(self.factors[i]) * torch.tanh(x)
+        return x
+
+    def likelihood(self, z: torch.Tensor) -> torch.Tensor:
+        """P(z in [v-0.5, v+0.5]) for each element of z (B, C, H, W)."""
+        b, c, h, w = z.shape
+        v = z.permute(1, 0, 2, 3).reshape(c, 1, -1)
+        lower = self._logits_cdf(v - 0.5)
+        upper = self._logits_cdf(v + 0.5)
+        sign = -torch.sign(lower + upper).detach()
+        lik = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
+        return lik.reshape(c, b, h, w).permute(1, 0, 2, 3)
+
+    def pmf_table(self, lo: int, hi: int) -> torch.Tensor:
+        """(C, hi-lo+1) probabilities of the integers lo..hi (for export)."""
+        c = self.matrices[0].shape[0]
+        v = torch.arange(lo, hi + 1, dtype=torch.float32).expand(c, 1, -1)
+        lower, upper = self._logits_cdf(v - 0.5), self._logits_cdf(v + 0.5)
+        sign = -torch.sign(lower + upper)
+        return (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()[:, 0, :]
+
+
+def gaussian_likelihood(y: torch.Tensor, means: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    v = (y - means).abs()
+    upper = torch.special.ndtr((0.5 - v) / scales)
+    lower = torch.special.ndtr((-0.5 - v) / scales)
+    return upper - lower
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class VariableRateCodec(nn.Module):
+    def __init__(self, c: CodecConfig = CodecConfig()):
+        super().__init__()
+        self.config = c
+        L = len(c.lambdas)
+        self.g_a, self.g_s = Analysis(c), Synthesis(c)
+        self.h_a, self.h_s = HyperAnalysis(c), HyperSynthesis(c)
+        self.prior = FactorizedPrior(c.nz)
+        # gains stored in log-domain for training stability; interpolated linearly in gain space
+        init = torch.linspace(math.log(0.5), math.log(2.0), L)[:, None].expand(L, c.m).clone()
+        self.log_gain = nn.Parameter(init)
+        self.log_inv_gain = nn.Parameter(-init.clone())
+        self.log_hgain = nn.Parameter(torch.zeros(L, c.nz))
+        self.log_inv_hgain = nn.Parameter(torch.zeros(L, c.nz))
+
+    @property
+    def levels(self) -> int:
+        return len(self.config.lambdas)
+
+    @staticmethod
+    def _interp(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Linear interpolation of exp(table) rows at continuous level positions t (B,)."""
+        g = table.exp()
+        i = t.floor().clamp(0, g.shape[0] - 2).long()
+        f = (t - i.float())[:, None]
+        return ((1 - f) * g[i] + f * g[i + 1])[:, :, None, None]
+
+    def lmbda(self, t: torch.Tensor) -> torch.Tensor:
+        lam = torch.tensor(self.config.lambdas, device=t.device).log()
+        i = t.floor().clamp(0, len(self.config.lambdas) - 2).long()
+        f = t - i.float()
+        return ((1 - f) * lam[i] + f * lam[i + 1]).exp()
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict:
+        """x in [0,1], t: (B,) level positions in [0, L-1]."""
+        y = self.g_a(x) * self._interp(self.log_gain, t)
+        z = self.h_a(y) * self._interp(self.log_hgain, t)
+        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else torch.round(z)
+        z_lik = self.prior.likelihood(z_noisy)
+        z_hat = round_ste(z) if self.training else torch.round(z)
+        means, log_scales = self.h_s(z_hat * self._interp(self.log_inv_hgain, t))
+        scales = log_scales.clamp(math.log(SCALE_MIN), math.log(SCALE_MAX)).exp()
+        if self.training:
+            y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+            y_lik = gaussian_likelihood(y_noisy, means, scales)
+        else:
+            y_lik = gaussian_likelihood(torch.round(y - means) + means, means, scales)
+        y_hat = round_ste(y - means) + means
+        x_hat = self.g_s(y_hat * self._interp(self.log_inv_gain, t))
+        return {"x_hat": x_hat, "y_lik": y_lik.clamp_min(1e-9), "z_lik": z_lik.clamp_min(1e-9)}
+
+
+def rd_loss(out: dict, x: torch.Tensor, lmbda: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample rate (bpp) + lambda * 255^2 * MSE, averaged over the batch."""
+    b, _, h, w = x.shape
+    bits = -(out["y_lik"].log2().flatten(1).sum(1) + out["z_lik"].log2().flatten(1).sum(1))
+    bpp = bits / (h * w)
+    mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
+    loss = (bpp + lmbda * 255**2 * mse).mean()
+    return loss, bpp.mean(), mse.mean()
