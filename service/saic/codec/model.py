@@ -1,0 +1,265 @@
+"""A loaded codec model: manifest, hash check, ONNX Runtime sessions, integer tables,
+and the batched compress/decompress pipeline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from . import bitstream, entropy, fixedpoint
+from .errors import InvalidParameterError, ModelLoadError, ModelMismatchError
+
+log = logging.getLogger("saic.codec")
+
+ALIGN = 64  # total downsampling of the hyper-latent: inputs are padded to a multiple of this
+SYMBOLS_PER_SUBSTREAM = 1 << 16
+MAX_SUBSTREAMS = 8
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+GRAPH_OPTIMIZATION = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+WEIGHT_FILES = ("analysis.onnx", "hyper_analysis.onnx", "synthesis.onnx", "entropy.npz")
+
+
+def available_providers(prefer_gpu: bool = True) -> list[str]:
+    """CUDA when onnxruntime offers it (and it is wanted), always CPU as the fallback."""
+    have = ort.get_available_providers()
+    wanted = ["CUDAExecutionProvider"] if prefer_gpu else []
+    return [p for p in wanted if p in have] + ["CPUExecutionProvider"]
+
+
+@contextmanager
+def _timed(timings: dict[str, float] | None, stage: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    return -(-height // ALIGN) * ALIGN, -(-width // ALIGN) * ALIGN
+
+
+def substream_count(latent_symbols: int) -> int:
+    """Small images get one substream (each costs a few bytes); large ones up to 8 for threads."""
+    return int(min(MAX_SUBSTREAMS, max(1, -(-latent_symbols // SYMBOLS_PER_SUBSTREAM))))
+
+
+class CodecModel:
+    """One model directory.  Thread-safe: ONNX Runtime sessions allow concurrent run()."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: Sequence[str] | None = None,
+        threads: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        optimization: str = "all",
+    ):
+        self.path = Path(path)
+        self.max_pixels = max_pixels
+        self.manifest = self._verified_manifest()
+        self.id: str = self.manifest["id"]
+        self.sha256: str = self.manifest["sha256"]
+        self.tag: int = int(self.manifest["tag"])
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = GRAPH_OPTIMIZATION[optimization]
+        providers = list(providers or available_providers())
+        try:
+            self._sessions = {
+                f.split(".")[0]: ort.InferenceSession(str(self.path / f), opts, providers=providers)
+                for f in WEIGHT_FILES[:3]
+            }
+            with np.load(self.path / "entropy.npz") as z:
+                self._arrays = {k: z[k] for k in z.files}
+        except Exception as exc:
+            raise ModelLoadError(f"model {self.id} at {self.path}: {exc}") from exc
+        self.providers: list[str] = self._sessions["analysis"].get_providers()
+        self._tables = entropy.EntropyTables(self._arrays)
+        self._levels = int(self._arrays["gain"].shape[0])
+        log.info("loaded model %s (tag %04x) with %s", self.id, self.tag, self.providers[0])
+
+    def _verified_manifest(self) -> dict:
+        mpath = self.path / "manifest.json"
+        try:
+            manifest = json.loads(mpath.read_text())
+            files = manifest["files"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"{mpath}: unreadable manifest ({exc})") from exc
+        for name in WEIGHT_FILES:
+            p = self.path / name
+            if not p.is_file():
+                raise ModelLoadError(f"{self.path}: missing {name}")
+            if _sha256(p) != files.get(name):
+                raise ModelLoadError(f"{p}: sha256 does not match the manifest (corrupt or replaced file)")
+        combined = hashlib.sha256("".join(f"{k}:{files[k]}\n" for k in sorted(files)).encode()).hexdigest()
+        if combined != manifest.get("sha256") or int(combined[:4], 16) != manifest.get("tag"):
+            raise ModelLoadError(f"{mpath}: sha256/tag do not match the weight files")
+        return manifest
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0]
+
+    # ---------------------------------------------------------------- encode
+    def compress_batch(
+        self, images: Sequence[np.ndarray], qualities: Sequence[int], timings: dict[str, float] | None = None
+    ) -> list[bytes]:
+        """HxWx3 uint8 images -> bitstreams; same-size (after padding) images share ONNX runs."""
+        if len(images) != len(qualities):
+            raise ValueError("one quality per image")
+        qs = [self._check_quality(q) for q in qualities]
+        for im in images:
+            self._check_image(im)
+        out: list[bytes] = [b""] * len(images)
+        for idx in self._groups([im.shape[:2] for im in images]):
+            y = self._analyse([images[i] for i in idx], timings)
+            shapes = [images[i].shape[:2] for i in idx]
+            for i, data in zip(idx, self._encode(y, [qs[i] for i in idx], shapes, timings)):
+                out[i] = data
+        return out
+
+    def compress_to_bpp(self, image: np.ndarray, target_bpp: float, timings: dict[str, float] | None = None) -> bytes:
+        """Highest quality whose whole bitstream is at most target_bpp (quality 0 if none is)."""
+        if not (target_bpp > 0 and np.isfinite(target_bpp)):
+            raise InvalidParameterError(f"target_bpp must be a positive number, got {target_bpp}")
+        self._check_image(image)
+        y = self._analyse([image], timings)
+        pixels = image.shape[0] * image.shape[1]
+        lo, hi = 0, fixedpoint.QUALITY_MAX
+        best = self._encode(y, [lo], [image.shape[:2]], timings)[0]
+        if 8 * len(best) / pixels > target_bpp:
+            return best
+        while lo < hi:  # invariant: quality lo fits; bpp grows with quality
+            mid = (lo + hi + 1) // 2
+            data = self._encode(y, [mid], [image.shape[:2]], timings)[0]
+            if 8 * len(data) / pixels <= target_bpp:
+                lo, best = mid, data
+            else:
+                hi = mid - 1
+        return best
+
+    def _analyse(self, images: list[np.ndarray], timings: dict[str, float] | None) -> np.ndarray:
+        ph, pw = padded_size(*images[0].shape[:2])  # the same for the whole group
+        x = np.stack([np.pad(im, ((0, ph - im.shape[0]), (0, pw - im.shape[1]), (0, 0)), mode="edge") for im in images])
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+        with _timed(timings, "analysis"):
+            return self._sessions["analysis"].run(None, {"x": x})[0]
+
+    def _encode(
+        self, y: np.ndarray, qs: list[int], shapes: list[tuple[int, int]], timings: dict[str, float] | None
+    ) -> list[bytes]:
+        a = self._arrays
+        y_g = y * np.stack([fixedpoint.interp_float(a["gain"], q) for q in qs])[:, :, None, None]
+        with _timed(timings, "hyper_analysis"):
+            z = self._sessions["hyper_analysis"].run(None, {"y": y_g.astype(np.float32)})[0]
+        hg = np.stack([fixedpoint.interp_float(a["hgain"], q) for q in qs])[:, :, None, None]
+        z_hat = np.clip(np.rint(z * hg), -entropy.SYMBOL_LIMIT, entropy.SYMBOL_LIMIT).astype(np.int64)
+        with _timed(timings, "entropy_params"):
+            means, index = fixedpoint.hyper_synthesis(a, z_hat, qs)
+        sym = np.rint(y_g.astype(np.float64) - means * 2.0**-fixedpoint.ACT_FRAC).astype(np.int64)
+        out = []
+        with _timed(timings, "entropy_encode"):
+            for i, q in enumerate(qs):
+                k = substream_count(sym[i].size)
+                enc = entropy.encode_z(self._tables, z_hat[i])
+                subs = entropy.encode_y(self._tables, enc, sym[i], index[i], k)
+                h, w = shapes[i]
+                out.append(bitstream.pack(self.tag, w, h, q, subs))
+        return out
+
+    # ---------------------------------------------------------------- decode
+    def decompress_batch(self, streams: Sequence[bytes], timings: dict[str, float] | None = None) -> list[np.ndarray]:
+        """Bitstreams -> HxWx3 uint8 images."""
+        parsed = [self.parse(s) for s in streams]
+        out: list[np.ndarray] = [np.zeros(0)] * len(parsed)
+        for idx in self._groups([(p.header.height, p.header.width) for p in parsed]):
+            y_hat = self.decode_latents([parsed[i] for i in idx], timings)
+            with _timed(timings, "synthesis"):
+                x = self._sessions["synthesis"].run(None, {"y_hat": y_hat})[0]
+            for j, i in enumerate(idx):
+                h, w = parsed[i].header.height, parsed[i].header.width
+                out[i] = np.clip(np.rint(x[j, :, :h, :w] * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        return out
+
+    def parse(self, data: bytes) -> bitstream.Bitstream:
+        """Unpack and check that this model wrote it (before any allocation of image size)."""
+        bs = bitstream.unpack(data, max_pixels=self.max_pixels)
+        if bs.header.model_tag != self.tag:
+            raise ModelMismatchError(
+                f"bitstream written by model tag {bs.header.model_tag:04x}, this is {self.id} ({self.tag:04x})"
+            )
+        return bs
+
+    def decode_latents(self, items: list[bitstream.Bitstream], timings: dict[str, float] | None = None) -> np.ndarray:
+        """Same-padded-size bitstreams -> inverse-gained latents y_hat (B,M,h,w) float32: no pixels.
+        (The compressed-domain classifier reads these.)"""
+        a = self._arrays
+        ph, pw = padded_size(items[0].header.height, items[0].header.width)
+        m, nz = a["gain"].shape[1], a["hgain"].shape[1]
+        zs, decoders = [], []
+        with _timed(timings, "entropy_decode"):
+            for it in items:
+                z, dec = entropy.decode_z(self._tables, it.substreams[0], (nz, ph // ALIGN, pw // ALIGN))
+                zs.append(z)
+                decoders.append(dec)
+        qs = [it.header.quality for it in items]
+        with _timed(timings, "entropy_params"):
+            means, index = fixedpoint.hyper_synthesis(a, np.stack(zs), qs)
+        ys = []
+        with _timed(timings, "entropy_decode"):
+            for i, it in enumerate(items):
+                ys.append(entropy.decode_y(self._tables, decoders[i], it.substreams, index[i]))
+        y_hat = np.stack(ys) + means * 2.0**-fixedpoint.ACT_FRAC
+        inv = np.stack([fixedpoint.interp_float(a["inv_gain"], q) for q in qs])[:, :, None, None]
+        return (y_hat * inv).astype(np.float32)
+
+    # ---------------------------------------------------------------- checks
+    @staticmethod
+    def _check_quality(q: int) -> int:
+        if isinstance(q, bool) or not isinstance(q, (int, np.integer)) or not 0 <= q <= fixedpoint.QUALITY_MAX:
+            raise InvalidParameterError(f"quality must be an integer in [0, {fixedpoint.QUALITY_MAX}], got {q!r}")
+        return int(q)
+
+    def _check_image(self, im: np.ndarray) -> None:
+        from .errors import ImageTooLargeError, InvalidImageError
+
+        if not (isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3):
+            raise InvalidImageError("expected an HxWx3 uint8 array (see saic.codec.image.to_rgb8)")
+        h, w = im.shape[:2]
+        if h < 1 or w < 1:
+            raise InvalidImageError("empty image")
+        if h * w > self.max_pixels or max(h, w) > bitstream.MAX_SIDE:
+            raise ImageTooLargeError(f"{w}x{h} exceeds the limit of {self.max_pixels} pixels")
+
+    @staticmethod
+    def _groups(shapes: list[tuple[int, int]]) -> list[list[int]]:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (h, w) in enumerate(shapes):
+            groups.setdefault(padded_size(h, w), []).append(i)
+        return list(groups.values())
