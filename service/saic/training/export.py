@@ -70,7 +70,7 @@ def prior_tables(model: VariableRateCodec, span: int = 96) -> tuple[np.ndarray, 
 
 
 def _pad_rows(rows: list[np.ndarray]) -> np.ndarray:
-    out = np.zeros((len(rows), max(len(r) for r in rows)), np.int64)
+    out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out

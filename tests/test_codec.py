@@ -1,0 +1,182 @@
+"""The shipped codec end to end: round trips, rate control, batching, decodability under
+other runtime configurations, a committed golden bitstream, and malformed input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saic.codec import ModelRegistry, bitstream, fixedpoint, load_model
+from saic.codec.errors import (
+    CorruptError,
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidParameterError,
+    ModelMismatchError,
+    TruncatedError,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden"
+KODAK = Path(os.environ.get("SAIC_DATA_DIR", ROOT.parent / "shared" / "data")) / "kodak"
+
+
+@pytest.fixture(scope="module")
+def model():
+    reg = ModelRegistry(ROOT / "models")
+    return reg.get()
+
+
+def natural_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A real photo crop when Kodak is present, else smooth structure plus texture."""
+    if (KODAK / "kodim23.png").exists():
+        from PIL import Image
+
+        im = np.asarray(Image.open(KODAK / "kodim23.png").convert("RGB"))
+        reps = (-(-h // im.shape[0]), -(-w // im.shape[1]), 1)
+        return np.ascontiguousarray(np.tile(im, reps)[:h, :w])
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([np.sin(6 * xx + c) * np.cos(4 * yy - c) for c in range(3)], -1) * 90 + 128
+    return np.clip(base + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return float(10 * np.log10(255**2 / max(mse, 1e-10)))
+
+
+def test_round_trip_rate_grows_with_quality(model):
+    x = natural_image(128, 192)
+    sizes, quality = [], []
+    for q in (0, 50, 100):
+        data = model.compress_batch([x], [q])[0]
+        y = model.decompress_batch([data])[0]
+        assert y.shape == x.shape and y.dtype == np.uint8
+        sizes.append(len(data))
+        quality.append(psnr(x, y))
+    assert sizes[0] < sizes[1] < sizes[2]
+    assert quality[0] < quality[2]
+    assert quality[2] > 24.0
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 97), (65, 33), (64, 64), (200, 131)])
+def test_any_size_round_trips(model, h, w):
+    x = natural_image(h, w)
+    data = model.compress_batch([x], [60])[0]
+    hdr = bitstream.read_header(data)
+    assert (hdr.width, hdr.height, hdr.quality) == (w, h, 60)
+    assert model.decompress_batch([data])[0].shape == (h, w, 3)
+
+
+def test_small_image_header_is_a_few_bytes(model):
+    data = model.compress_batch([natural_image(64, 64)], [10])[0]
+    bs = bitstream.unpack(data)
+    # magic, version, tag(2), width, height, quality, one length varint (2 bytes past 127), CRC(2)
+    assert bs.overhead_bytes <= 10 + (len(bs.substreams[0]) >= 128)
+    assert len(bs.substreams) == 1
+
+
+def test_batch_equals_single(model):
+    imgs = [natural_image(96, 96, 1), natural_image(64, 128, 2), natural_image(90, 70, 3), natural_image(96, 96, 4)]
+    qs = [10, 50, 90, 30]
+    batched = model.compress_batch(imgs, qs)
+    single = [model.compress_batch([im], [q])[0] for im, q in zip(imgs, qs)]
+    assert batched == single
+    dec_b = model.decompress_batch(batched)
+    dec_s = [model.decompress_batch([d])[0] for d in single]
+    for a, b in zip(dec_b, dec_s):
+        assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_target_bpp_is_a_cap_and_tight(model):
+    x = natural_image(128, 128)
+    target = 0.5
+    data = model.compress_to_bpp(x, target)
+    q = bitstream.read_header(data).quality
+    assert 8 * len(data) / x[..., 0].size <= target or q == 0
+    if q < 100:
+        above = model.compress_batch([x], [q + 1])[0]
+        assert 8 * len(above) / x[..., 0].size > target
+
+
+def test_large_image_uses_parallel_substreams(model):
+    data = model.compress_batch([natural_image(512, 768)], [50])[0]
+    assert len(bitstream.unpack(data).substreams) > 1
+    assert model.decompress_batch([data])[0].shape == (512, 768, 3)
+
+
+def _latent_hash(m, data: bytes) -> str:
+    return hashlib.sha256(m.decode_latents([m.parse(data)]).tobytes()).hexdigest()
+
+
+def test_decodes_identically_under_other_runtime_configurations(model):
+    """Encoder and decoder in different ONNX Runtime configurations: the decoded latents are
+    bit-identical (the entropy path is integer), pixels agree to float tolerance."""
+    x = natural_image(256, 320)
+    data = load_model(model.path, threads=1, optimization="all").compress_batch([x], [70])[0]
+    ref_latent = _latent_hash(model, data)
+    ref_pixels = model.decompress_batch([data])[0]
+    for threads, opt in [(1, "disabled"), (2, "basic"), (2, "all")]:
+        other = load_model(model.path, threads=threads, optimization=opt)
+        assert _latent_hash(other, data) == ref_latent
+        assert np.abs(other.decompress_batch([data])[0].astype(int) - ref_pixels).max() <= 1
+
+
+def test_entropy_parameters_do_not_depend_on_summation_order(model):
+    """Permuting the input channels changes every BLAS summation order; results must not move."""
+    t = model._arrays
+    rng = np.random.default_rng(0)
+    z = rng.integers(-4, 5, size=(2, t["c1_w"].shape[1], 3, 5))
+    means, index = fixedpoint.hyper_synthesis(t, z, [20, 80])
+    perm = rng.permutation(z.shape[1])
+    t2 = dict(t)
+    t2["c1_w"] = t["c1_w"][:, perm]
+    t2["inv_hgain"] = t["inv_hgain"][:, perm]
+    means2, index2 = fixedpoint.hyper_synthesis(t2, z[:, perm], [20, 80])
+    assert np.array_equal(means, means2) and np.array_equal(index, index2)
+
+
+def test_golden_bitstream_decodes_to_golden_pixels(model):
+    spec = json.loads((GOLDEN / "golden.json").read_text())
+    if spec["model_sha256"] != model.sha256:
+        pytest.fail("the default model changed: regenerate tests/golden with `python tests/golden/make_golden.py`")
+    data = (GOLDEN / spec["bitstream"]).read_bytes()
+    assert _latent_hash(model, data) == spec["latent_sha256"]
+    pixels = model.decompress_batch([data])[0]
+    assert hashlib.sha256(pixels.tobytes()).hexdigest() == spec["pixels_sha256"]
+
+
+# ------------------------------------------------------------------ malformed input
+def test_malformed_bitstreams_get_typed_errors(model):
+    data = model.compress_batch([natural_image(64, 96)], [40])[0]
+    with pytest.raises(TruncatedError):
+        model.decompress_batch([data[:-5]])
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    with pytest.raises(CorruptError):
+        model.decompress_batch([bytes(flipped)])
+    other_tag = (model.tag + 1) % 65536
+    forged = bitstream.pack(other_tag, 96, 64, 40, bitstream.unpack(data).substreams)
+    with pytest.raises(ModelMismatchError):
+        model.decompress_batch([forged])
+    huge = bitstream.pack(model.tag, 60000, 60000, 40, [b"\x01"])
+    with pytest.raises(ImageTooLargeError):
+        model.decompress_batch([huge])
+
+
+def test_bad_images_and_parameters(model):
+    with pytest.raises(InvalidParameterError):
+        model.compress_batch([natural_image(8, 8)], [101])
+    with pytest.raises(InvalidParameterError):
+        model.compress_to_bpp(natural_image(8, 8), -1.0)
+    with pytest.raises(InvalidImageError):
+        model.compress_batch([np.zeros((8, 8), np.uint8)], [50])
+    small = load_model(model.path, max_pixels=1000)
+    with pytest.raises(ImageTooLargeError):
+        small.compress_batch([natural_image(40, 40)], [50])
