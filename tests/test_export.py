@@ -1,0 +1,69 @@
+"""Export fidelity: ONNX graphs match torch, and the integer entropy-parameter network
+matches the float hyper-synthesis it was quantised from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="export tests need the [train] extra (torch)")
+ort = pytest.importorskip("onnxruntime")
+
+from saic.codec import fixedpoint, load_model  # noqa: E402
+from saic.training.export import export  # noqa: E402
+from saic.training.model import CodecConfig, VariableRateCodec  # noqa: E402
+from saic.training.train_codec import save_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = VariableRateCodec(CodecConfig(n=16, m=24, nz=8, nh=16)).eval()
+    d = tmp_path_factory.mktemp("export")
+    opt = torch.optim.Adam(model.parameters())
+    save_checkpoint(d / "ckpt.pt", model, opt, 0, {})
+    export(d / "ckpt.pt", d / "model", "tiny-test")
+    return model, d / "model"
+
+
+@pytest.mark.parametrize("graph,attr,shape", [
+    ("analysis", "g_a", (2, 3, 128, 192)),
+    ("hyper_analysis", "h_a", (2, 24, 8, 12)),
+    ("synthesis", "g_s", (2, 24, 4, 8)),
+])
+def test_onnx_matches_torch_at_other_sizes(exported, graph, attr, shape):
+    model, path = exported
+    x = torch.rand(*shape)
+    with torch.no_grad():
+        ref = getattr(model, attr)(x).numpy()
+    sess = ort.InferenceSession(str(path / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_fixed_point_entropy_parameters_match_float(exported):
+    model, path = exported
+    runtime = load_model(path)
+    rng = np.random.default_rng(1)
+    z = rng.integers(-6, 7, size=(3, 8, 2, 3))
+    qs = [0, 37, 100]
+    means, index = fixedpoint.hyper_synthesis(runtime._arrays, z, qs)
+    t = torch.tensor([q * (model.levels - 1) / 100 for q in qs])
+    with torch.no_grad():
+        ref_means, ref_log_scales = model.h_s(torch.from_numpy(z).float() * model._interp(model.log_inv_hgain, t))
+    got_means = means * 2.0**-fixedpoint.ACT_FRAC
+    assert np.abs(got_means - ref_means.numpy()).max() < 0.05
+    # the scale index is the table bucket of the float log-scale, up to a neighbour at a bucket edge
+    thresholds = runtime._arrays["scale_thresholds"] * 2.0**-fixedpoint.ACT_FRAC
+    ref_index = np.searchsorted(thresholds, ref_log_scales.numpy(), side="right")
+    assert np.abs(index - ref_index).max() <= 1
+    assert (index == ref_index).mean() > 0.98
+
+
+def test_exported_model_round_trips(exported):
+    _, path = exported
+    runtime = load_model(path)
+    x = (np.random.default_rng(2).random((70, 90, 3)) * 255).astype(np.uint8)
+    data = runtime.compress_batch([x], [50])[0]
+    assert runtime.decompress_batch([data])[0].shape == x.shape
