@@ -61,17 +61,32 @@ def _register_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_serve)
 
 
+EX_CONFIG = 78  # sysexits.h: bad configuration (missing/corrupt model, unreadable TLS files, port in use)
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from saic.codec.errors import ModelLoadError
+
     from .settings import Settings
 
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:  # one line per bad field, no traceback
+        print(f"saic serve: invalid settings: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     from .app import run
 
-    return run(settings)
+    try:
+        return run(settings)
+    except (ModelLoadError, OSError) as exc:  # operator errors: say what is wrong, not where in the code
+        logging.getLogger("saic.server").critical("cannot start: %s: %s", type(exc).__name__, exc)
+        return EX_CONFIG
 
 
 # ---------------------------------------------------------------------------- client
