@@ -10,8 +10,11 @@ weights of the last feature map closed-form: d score_c / d A_k(i,j) = W[c,k] / (
 Training is built for a shared 2-core CPU: one thread, the whole dataset held as uint8 in
 memory, batch-level augmentation in torch, low-resolution warm-up (progressive resizing:
 the early epochs run at 48x48, ~1.8x cheaper, the last ones at the native 64x64 so the
-BatchNorm statistics match inference), a step-based one-cycle LR schedule, and a resumable
-checkpoint (model, optimiser, step, wall time) every `--save-every` steps.
+BatchNorm statistics match inference), and a resumable checkpoint (model, optimiser, step,
+wall time) every `--save-every` steps.  The schedule (one-cycle LR, resolution switch) is a
+function of *elapsed wall time / budget* rather than of steps ("budgeted training"): the
+machine is shared and its speed varies several-fold, so a step-based schedule could not be
+sized in advance; this way a run always ends on time with a fully decayed LR.
 """
 
 from __future__ import annotations
@@ -226,16 +229,15 @@ def evaluate(model: Classifier, x: np.ndarray, y: np.ndarray, batch: int = 256) 
     return correct / max(1, len(x))
 
 
-def lr_at(step: int, total: int, peak: float, warmup: float = 0.15) -> float:
-    """One-cycle: linear warm-up to `peak`, then cosine down to ~0."""
-    t = step / max(1, total)
+def lr_at(t: float, peak: float, warmup: float = 0.15) -> float:
+    """One-cycle over training progress t in [0,1]: linear warm-up to `peak`, cosine to 0."""
     if t < warmup:
         return peak * (0.1 + 0.9 * t / warmup)
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warmup) / (1 - warmup))))
 
 
-def size_at(step: int, total: int, low_frac: float, low: int) -> int:
-    return low if step < low_frac * total else INPUT_SIZE
+def size_at(t: float, low_frac: float, low: int) -> int:
+    return low if t < low_frac else INPUT_SIZE
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -258,13 +260,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=None, help="folder holding tiny10/ (default: ../shared/data)")
     ap.add_argument("--cache", type=Path, default=Path("runs/cache"))
-    ap.add_argument("--epochs", type=float, default=12, help="length of the LR schedule")
-    ap.add_argument("--minutes", type=float, default=25, help="wall budget for this invocation")
+    ap.add_argument("--budget-minutes", type=float, default=25,
+                    help="wall-clock length of the whole schedule (fixed at the first start)")
+    ap.add_argument("--minutes", type=float, default=1e9, help="stop this invocation after this many minutes")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.2)
     ap.add_argument("--wd", type=float, default=5e-4)
     ap.add_argument("--low-res", type=int, default=48)
-    ap.add_argument("--low-frac", type=float, default=0.6, help="fraction of steps at --low-res")
+    ap.add_argument("--low-frac", type=float, default=0.6, help="fraction of the budget at --low-res")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)
@@ -296,10 +299,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         model = build(args.arch)
         cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        cfg["total_steps"] = int(args.epochs * steps_per_epoch)
         cfg["n_train"], cfg["n_val"] = len(tr), len(va)
         ck, step, wall, hardware, history = None, 0, 0.0, [], []
-    total = cfg["total_steps"]
+    budget = cfg["budget_minutes"] * 60
+    if wall >= budget and (args.out / "result.json").exists():
+        emit({"already_done": step})
+        return
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -312,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
         hardware.append(hw)
     gen = torch.Generator().manual_seed(args.seed * 1000003 + step)
     n_params = sum(p.numel() for p in model.parameters())
-    emit({"start": step, "total_steps": total, "arch": cfg["arch"], "params": n_params, "hardware": hw})
+    emit({"start": step, "budget_s": budget, "wall": round(wall), "arch": cfg["arch"], "params": n_params, "hardware": hw})
 
     def state() -> dict:
         return {"arch": cfg["arch"], "model": model.state_dict(), "opt": opt.state_dict(), "step": step,
@@ -323,13 +328,15 @@ def main(argv: list[str] | None = None) -> None:
     perm = torch.randperm(len(tr), generator=gen)
     pos = 0
     model.train()
-    while step < total and time.time() - t0 < args.minutes * 60:
+    progress = lambda: (wall + time.time() - t0) / budget  # noqa: E731
+    while progress() < 1 and time.time() - t0 < args.minutes * 60:
         if pos + args.batch > len(perm):
             perm, pos = torch.randperm(len(tr), generator=gen), 0
         idx = perm[pos : pos + args.batch]
         pos += args.batch
-        xb = augment(x_tr[idx], gen, out=size_at(step, total, cfg["low_frac"], cfg["low_res"]))
-        lr = lr_at(step, total, cfg["lr"])
+        t = progress()
+        xb = augment(x_tr[idx], gen, out=size_at(t, cfg["low_frac"], cfg["low_res"]))
+        lr = lr_at(t, cfg["lr"])
         for g in opt.param_groups:
             g["lr"] = lr
         loss = F.cross_entropy(model(xb), y_tr[idx], label_smoothing=0.1)
@@ -345,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
                   "lr": round(lr, 4), "s_per_step": round((now - t_last) / run_n, 3),
                   "wall": round(wall + now - t0)})
             run_loss, run_n, t_last = 0.0, 0, now
-        if step % steps_per_epoch == 0 or step == total:
+        if step % steps_per_epoch == 0:
             acc = evaluate(model, x_va, y_va)
             model.train()
             history.append({"step": step, "val_top1": acc, "wall": round(wall + time.time() - t0)})
@@ -353,14 +360,17 @@ def main(argv: list[str] | None = None) -> None:
         if step % args.save_every == 0:
             save_checkpoint(ckpt, state())
     save_checkpoint(ckpt, state())
-    if step >= total:
+    if progress() >= 1:
         x_te, y_te = load_split(tiny10, "test", args.cache)
-        res = {"done": step, "val_top1": evaluate(model, x_va, y_va), "test_top1": evaluate(model, x_te, y_te),
+        val = evaluate(model, x_va, y_va)
+        history.append({"step": step, "val_top1": val, "wall": round(wall + time.time() - t0)})
+        save_checkpoint(ckpt, state())
+        res = {"done": step, "val_top1": val, "test_top1": evaluate(model, x_te, y_te),
                "wall_seconds": round(wall + time.time() - t0)}
         (args.out / "result.json").write_text(json.dumps(res, indent=1))
         emit(res)
     else:
-        emit({"paused": step, "of": total})
+        emit({"paused": step, "progress": round(progress(), 3)})
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classifier import ARCHS, CLASSES, INPUT_SIZE, MEAN, STD, VAL_EVERY, default_data_dir, load_checkpoint, \
+from .classifier import ARCHS, CLASSES, Classifier, INPUT_SIZE, MEAN, STD, VAL_EVERY, default_data_dir, load_checkpoint, \
     load_split, train_val_split
 
 OPSET = 17
@@ -53,6 +53,41 @@ def export_onnx(model: torch.nn.Module, path: Path) -> None:
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_bundle(model: Classifier, out: Path, model_id: str, extra: dict | None = None) -> dict:
+    """Write classifier.onnx, head.npz and manifest.json (core fields + `extra`); return the manifest.
+
+    Enough for `saic.semantics.classifier.SemanticClassifier` to load; `main` adds the measured
+    accuracy, training record and the model card."""
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / "classifier.onnx"
+    export_onnx(model, onnx_path)
+    np.savez(out / "head.npz", weight=model.head.weight.detach().numpy().astype(np.float32),
+             bias=model.head.bias.detach().numpy().astype(np.float32))
+    with torch.no_grad():
+        feat_shape = tuple(model.features(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)).shape[1:])
+    files = {p.name: sha256_file(p) for p in (onnx_path, out / "head.npz")}
+    spec = ARCHS[model.arch]
+    manifest = {
+        "id": model_id,
+        "kind": "tiny10-classifier",
+        "arch": model.arch,
+        "arch_spec": {"kind": spec.kind, "stem": spec.stem, "stages": spec.stages},
+        "sha256": files["classifier.onnx"],
+        "files": files,
+        "classes": list(CLASSES),
+        "input_size": [INPUT_SIZE, INPUT_SIZE],
+        "input": {"name": "x", "dtype": "float32", "shape": ["batch", 3, INPUT_SIZE, INPUT_SIZE], "range": [0, 1],
+                  "normalisation": {"mean": MEAN, "std": STD, "in_graph": True}},
+        "outputs": {"logits": ["batch", len(CLASSES)], "features": ["batch", *map(int, feat_shape)]},
+        "resize_rule": "shorter side to 64 (Pillow bicubic, antialiased), center crop 64x64",
+        "params": sum(p.numel() for p in model.parameters()),
+        "opset": OPSET,
+        **(extra or {}),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
 
 
 def onnx_top1(onnx_path: Path, x: np.ndarray, y: np.ndarray, batch: int = 256) -> float:
@@ -93,13 +128,14 @@ def model_card(m: dict, ck: dict, arch_desc: str, role: str) -> str:
   {VAL_EVERY}th image of each class (sorted by file name) is held out for validation:
   {cfg['n_train']} train / {cfg['n_val']} val.  `tiny10/test` (2,900) was used only for the final report below.
 - Augmentation: reflect-pad 6 px + random 64x64 crop, horizontal flip, brightness/contrast/
-  saturation jitter of +-20%; progressive resizing (first {cfg['low_frac']:.0%} of steps at
+  saturation jitter of +-20%; progressive resizing (first {cfg['low_frac']:.0%} of the time budget at
   {cfg['low_res']}x{cfg['low_res']}, then 64x64).
 
 ## Training
 - SGD (Nesterov, momentum 0.9), batch {cfg['batch']}, one-cycle LR peak {cfg['lr']}
   (15% linear warm-up, cosine decay), weight decay {cfg['wd']} (not on BN/bias), label smoothing 0.1.
-- {ck['step']} steps ({ck['step'] / (cfg['n_train'] // cfg['batch']):.1f} epochs), seed {cfg['seed']}.
+- {ck['step']} steps ({ck['step'] / (cfg['n_train'] // cfg['batch']):.1f} epochs), seed {cfg['seed']}; the schedule
+  runs on wall-clock progress (elapsed / {cfg['budget_minutes']:g} min budget), not on a step count.
 - Hardware: {'; '.join(ck['hardware'])}, `nice -n 5`, sharing a 2-core VM with a codec training run.
 - Wall time: {ck['wall_seconds'] / 60:.1f} min.
 
@@ -142,12 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, ck = load_checkpoint(args.ckpt)
-    args.out.mkdir(parents=True, exist_ok=True)
+    manifest = write_bundle(model, args.out, args.id)
     onnx_path = args.out / "classifier.onnx"
-    export_onnx(model, onnx_path)
-    head = {"weight": model.head.weight.detach().numpy().astype(np.float32),
-            "bias": model.head.bias.detach().numpy().astype(np.float32)}
-    np.savez(args.out / "head.npz", **head)
 
     tiny10 = (args.data or default_data_dir()) / "tiny10"
     x_tr, y_tr = load_split(tiny10, "train", args.cache)
@@ -166,29 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     acc = {"val_top1": round(onnx_top1(onnx_path, x_tr[va], y_tr[va]), 4),
            "test_top1": round(onnx_top1(onnx_path, x_te, y_te), 4)}
-    files = {p.name: sha256_file(p) for p in (onnx_path, args.out / "head.npz")}
-    manifest = {
-        "id": args.id,
-        "kind": "tiny10-classifier",
-        "arch": ck["arch"],
-        "arch_spec": {"kind": ARCHS[ck["arch"]].kind, "stem": ARCHS[ck["arch"]].stem,
-                      "stages": ARCHS[ck["arch"]].stages},
-        "sha256": files["classifier.onnx"],
-        "files": files,
-        "classes": list(CLASSES),
-        "input_size": [INPUT_SIZE, INPUT_SIZE],
-        "input": {"name": "x", "dtype": "float32", "shape": ["batch", 3, INPUT_SIZE, INPUT_SIZE], "range": [0, 1],
-                  "normalisation": {"mean": MEAN, "std": STD, "in_graph": True}},
-        "outputs": {"logits": ["batch", len(CLASSES)], "features": ["batch", *map(int, o_feat.shape[1:])]},
-        "resize_rule": "shorter side to 64 (Pillow bicubic, antialiased), center crop 64x64",
-        "params": sum(p.numel() for p in model.parameters()),
+    manifest.update({
         "accuracy": {**acc, "val_images": int(len(va)), "test_images": int(len(y_te)),
                      "measured_with": f"onnxruntime {ort.__version__} CPU"},
         "training": {"steps": ck["step"], "wall_seconds": round(ck["wall_seconds"]), "hardware": ck["hardware"],
                      "config": ck["config"]},
-        "opset": OPSET,
         "export_check": check,
-    }
+    })
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (args.out / "MODEL_CARD.md").write_text(model_card(manifest, ck, ARCH_DESC[ck["arch"]], ROLE.get(args.id, "")))
     print(json.dumps({"id": args.id, **acc, **check, "eval_seconds": round(time.time() - t0, 1)}))
