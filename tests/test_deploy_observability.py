@@ -169,6 +169,10 @@ def test_promtool_accepts_config_and_rules() -> None:
     assert "1 rule files found" in res.stdout + res.stderr  # the rules were found and checked too
     res = subprocess.run([promtool, "check", "rules", *map(str, RULES_DIR.glob("*.yml"))], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+    # the alerts' unit tests: they fire on API errors and stay quiet on probe 503s
+    res = subprocess.run([promtool, "test", "rules", str(ROOT / "deploy/prometheus/tests/saic_rules_test.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
 
 
 def test_promtool_rejects_broken_config_and_rules(tmp_path: Path) -> None:
