@@ -16,9 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from saic.codec.errors import InvalidParameterError
+from saic.codec.errors import InvalidInputError, InvalidParameterError
 
 from . import errors as E
 from .dataplane import FORMATS, MEDIA_TYPES, DataPlane, check_format
@@ -271,6 +272,15 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> AS
         msgs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
         return error_response(InvalidParameterError(msgs))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own errors (malformed multipart -> 400, 404, 405) in our error format, not {"detail"}."""
+        if exc.status_code == 400:
+            return error_response(InvalidInputError(str(exc.detail)))
+        reason = "not_found" if exc.status_code == 404 else "method_not_allowed" if exc.status_code == 405 else "http_error"
+        body = {"error": {"type": "HTTPException", "reason": reason, "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     for cls in E.TABLE:  # our typed errors: the one table decides the status
         app.add_exception_handler(cls, _any_error)  # type: ignore[arg-type]
 
@@ -296,8 +306,8 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> AS
     )
     async def compress(
         request: Request,
-        quality: int | None = Query(None, description="0..100, higher = more bits (default 50); exclusive with target_bpp"),
-        target_bpp: float | None = Query(None, description="highest quality whose bitstream is at most this many bpp"),
+        quality: int | None = Query(None, ge=0, le=100, description="0..100, higher = more bits (default 50); exclusive with target_bpp"),
+        target_bpp: float | None = Query(None, gt=0, description="highest quality whose bitstream is at most this many bpp"),
         model: str | None = Query(None, description="model id (default: the server's default model)"),
     ) -> Response:
         data = await _payload(request, ("image", "file"), _is_image_type)
