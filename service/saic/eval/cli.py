@@ -69,6 +69,8 @@ def register_rd(modes: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines-cache", type=Path, action="append", default=None,
                    help="extra cache file(s) of baseline results (rd.json format); repeatable")
     p.add_argument("--recompute-baselines", action="store_true", help="ignore cached baseline results")
+    p.add_argument("--recompute", action="store_true",
+                   help="re-run our model even if --out/rd.json already holds its results (same weights, grid, images)")
     p.add_argument("--limit", type=int, help="use only the first N images (quick checks)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads for our model (0 = default)")
     p.add_argument("--no-plot", action="store_true")
@@ -90,7 +92,8 @@ def _run_rd(args: argparse.Namespace) -> int:
     baselines = [b for b in args.baselines.split(",") if b]
     doc = run_rd(
         args.images, args.out, model=args.model, baselines=baselines, model_qualities=args.qualities,
-        cache_files=caches, recompute_baselines=args.recompute_baselines, limit=args.limit,
+        cache_files=caches, recompute_baselines=args.recompute_baselines,
+        recompute_model=args.recompute, limit=args.limit,
         plot=not args.no_plot, threads=args.threads, show_progress=not args.quiet,
     )
     print((args.out / "bd_rate.md").read_text())

@@ -248,7 +248,8 @@ def environment() -> dict[str, str]:
 
 
 def load_cached_baselines(paths: Sequence[Path], fingerprint: str, wanted: dict[str, Codec]) -> dict[str, Any]:
-    """Baseline results from cache files whose dataset fingerprint, grid and settings match."""
+    """Results (of baselines, or of a model: its settings name the weights' sha256) from earlier
+    rd.json-shaped files whose dataset fingerprint, quality grid and settings match."""
     found: dict[str, Any] = {}
     for path in paths:
         if not path.is_file():
@@ -276,6 +277,7 @@ def run_rd(
     model_qualities: Sequence[int] | None = None,
     cache_files: Sequence[str | Path] = (),
     recompute_baselines: bool = False,
+    recompute_model: bool = False,
     limit: int | None = None,
     plot: bool = True,
     threads: int = 0,
@@ -293,12 +295,16 @@ def run_rd(
     cached = {} if recompute_baselines else load_cached_baselines(
         [own_cache, *map(Path, cache_files)], fingerprint, todo)
     codecs: list[Codec] = [c for n, c in todo.items() if n not in cached]
+    results: dict[str, Any] = {n: cached[n] for n in todo if n in cached}
     ours: Codec | None = None
     if model is not None:
         ours = model_codec(model, model_qualities, threads=threads)
-        codecs.append(ours)
-
-    results: dict[str, Any] = {n: cached[n] for n in todo if n in cached}
+        # the same model file (sha256 in `settings`), grid and images: an earlier rd.json is still valid
+        prev = {} if recompute_model else load_cached_baselines([out / "rd.json"], fingerprint, {ours.name: ours})
+        if ours.name in prev:
+            results[ours.name] = prev[ours.name]
+        else:
+            codecs.append(ours)
     total = sum(len(c.qualities) for c in codecs) * len(images)
     with tqdm(total=total, desc="rd", unit="enc", disable=not show_progress or total == 0) as bar:
         for c in codecs:
