@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+from starlette.requests import ClientDisconnect
 
 from saic.codec import errors as ce
 
@@ -79,6 +80,7 @@ TABLE: dict[type[BaseException], Status] = {
     DeadlineExceededError: Status(504, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline"),
     DrainingError: Status(503, grpc.StatusCode.UNAVAILABLE, "draining"),
     ClientGoneError: Status(499, grpc.StatusCode.CANCELLED, "cancelled"),
+    ClientDisconnect: Status(499, grpc.StatusCode.CANCELLED, "cancelled"),  # Starlette: client left mid-upload
     UnauthenticatedError: Status(401, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
     NotImplementedYetError: Status(501, grpc.StatusCode.UNIMPLEMENTED, "not_implemented"),
     ce.ModelLoadError: Status(503, grpc.StatusCode.UNAVAILABLE, "model_unavailable"),
