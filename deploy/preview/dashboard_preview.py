@@ -184,14 +184,16 @@ def render(prom: str, start: float, end: float, out: Path, note: str) -> None:
     fig = plt.figure(figsize=(24 * unit_w, rows * unit_h + 1.3), facecolor="#111217")
     top = 1.0 - 1.3 / (rows * unit_h + 1.3)
     fig.text(0.01, 1 - 0.35 / (rows * unit_h + 1.3), f"{dash['title']}  (dashboard preview)", color="white", fontsize=20, va="top")
-    fig.text(0.01, 1 - 0.85 / (rows * unit_h + 1.3), note, color="#9fa7b3", fontsize=11, va="top")
+    import textwrap
+
+    fig.text(0.01, 1 - 0.75 / (rows * unit_h + 1.3), textwrap.fill(note, 230), color="#9fa7b3", fontsize=11, va="top")
     step = SCRAPE_S * 2
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
     def box(g: dict[str, int]) -> list[float]:
-        pad_x, pad_y = 0.004, 0.006
-        x0 = g["x"] / 24 + pad_x
-        w = g["w"] / 24 - 2 * pad_x
+        pad_x, pad_y, ticks = 0.004, 0.006, 0.03  # room for the y tick labels inside the panel
+        x0 = g["x"] / 24 + pad_x + ticks
+        w = g["w"] / 24 - 2 * pad_x - ticks
         y1 = top - g["y"] / rows * top
         h = g["h"] / rows * top
         return [x0, y1 - h + pad_y + 0.012, w, h - 2 * pad_y - 0.012]
@@ -215,6 +217,8 @@ def render(prom: str, start: float, end: float, out: Path, note: str) -> None:
                 for series in query_range(prom, t["expr"], start, end, step):
                     ts = np.array([float(v[0]) for v in series["values"]]) - start
                     ys = np.array([float(v[1]) for v in series["values"]])
+                    if np.all(np.isnan(ys)):  # e.g. a quantile of a histogram with no observations
+                        continue
                     label = legend(t.get("legendFormat", ""), series["metric"])
                     if stacked:
                         base = np.zeros_like(ys) if base is None or len(base) != len(ys) else base
@@ -228,6 +232,7 @@ def render(prom: str, start: float, end: float, out: Path, note: str) -> None:
                           framealpha=0.7, edgecolor="#2c3235")
             else:
                 ax.text(0.5, 0.5, "No data", color="#9fa7b3", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xlim(0, end - start)
             ax.set_xlabel("seconds", color="#9fa7b3", fontsize=8)
             ax.set_ylabel({"s": "seconds", "reqps": "req/s", "Bps": "bytes/s", "percentunit": "ratio"}.get(unit, ""),
                           color="#9fa7b3", fontsize=8)
@@ -265,7 +270,7 @@ def render(prom: str, start: float, end: float, out: Path, note: str) -> None:
                         cell.set_edgecolor("#2c3235")
                         cell.get_text().set_color("#d8d9da")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=60, facecolor=fig.get_facecolor())
+    fig.savefig(out, dpi=72, facecolor=fig.get_facecolor())
 
 
 def main(argv: list[str] | None = None) -> int:
