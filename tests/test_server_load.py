@@ -22,7 +22,7 @@ from saic.server.proto import codec_pb2_grpc
 @pytest.fixture(scope="module")
 def tight(registry) -> Iterator[ServerThread]:
     """No batching, one worker, room for 2 queued requests: easy to saturate."""
-    with ServerThread(server_settings(max_batch_size=1, max_queue_size=2, max_queue_delay_ms=0), registry) as srv:
+    with ServerThread(server_settings(max_batch_size=1, max_queue_size=2, max_queue_delay_ms=0, warmup=False), registry) as srv:
         yield srv
 
 
@@ -127,7 +127,7 @@ def test_requests_of_departed_clients_are_dropped(tight) -> None:
 
 
 def test_drain_finishes_accepted_work_and_refuses_new(registry) -> None:
-    srv = ServerThread(server_settings(max_batch_size=2, max_queue_delay_ms=0, drain_timeout_s=30), registry).start()
+    srv = ServerThread(server_settings(max_batch_size=2, max_queue_delay_ms=0, drain_timeout_s=30, warmup=False), registry).start()
     try:
         img = encode(make_photo(96, 96, seed=7))
         with ThreadPoolExecutor(4) as pool:

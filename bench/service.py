@@ -1,0 +1,288 @@
+"""Service benchmark: throughput and p50/p99 latency over HTTP and gRPC on loopback at several
+concurrency levels, with dynamic batching on and off, against the codec called in-process.
+
+    python bench/service.py                       # defaults: 128x128 crops, concurrency 1,4,16
+    python bench/service.py --size 256 --concurrency 1 8 32 --duration 10 --out runs/bench/service.json
+
+Each server is a real `saic serve` subprocess (port 0) so load generator and server do not
+share a GIL.  Clients are closed-loop (each sends its next request when the previous one is
+answered).  All ratios come from one run:
+  * batching gain  = throughput(batching on) / throughput(max_batch_size=1), same protocol and concurrency;
+  * service overhead = service p50 latency at concurrency 1 / in-process codec latency
+    (and the throughput ratio), i.e. what HTTP/gRPC + validation + queueing cost per request.
+Images: center crops of Kodak (../shared/data/kodak or $SAIC_DATA_DIR/kodak) when present,
+else synthetic photo-like images (same size, so requests can share batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------- images
+def load_images(size: int, n: int) -> tuple[list[np.ndarray], str]:
+    from PIL import Image
+
+    kodak = Path(os.environ.get("SAIC_DATA_DIR", REPO / "../shared/data")) / "kodak"
+    files = sorted(kodak.glob("kodim*.png")) if kodak.is_dir() else []
+    if files:
+        out = []
+        for f in files[:n]:
+            with Image.open(f) as im:
+                a = np.asarray(im.convert("RGB"))
+            y, x = (a.shape[0] - size) // 2, (a.shape[1] - size) // 2
+            out.append(np.ascontiguousarray(a[y : y + size, x : x + size]))
+        return out, f"Kodak center crops {size}x{size} ({len(out)} images)"
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    out = []
+    for s in range(n):
+        img = np.stack([128 + 90 * np.sin(xx / (9 + s) + s), 110 + 80 * np.cos(yy / (13 + s)), 70 + 50 * (xx + yy) / size], -1)
+        out.append(np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8))
+    return out, f"synthetic {size}x{size} ({n} images)"
+
+
+def png(a: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- servers
+class Served:
+    """`saic serve` in a subprocess on free ports."""
+
+    def __init__(self, model_dir: Path, extra: list[str]):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SAIC_")}
+        cmd = [sys.executable, "-m", "saic.cli", "serve", "--http-port", "0", "--grpc-port", "0",
+               "--model-dir", str(model_dir), "--max-queue-size", "1024", *extra]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        t0 = time.monotonic()
+        log = []
+        while True:
+            line = self.proc.stderr.readline()
+            log.append(line)
+            m = re.search(r"serving HTTP on (http://\S+) and gRPC on (\S+)", line)
+            if m:
+                self.http_url, self.grpc_target = m.group(1), m.group(2)
+                break
+            if self.proc.poll() is not None or time.monotonic() - t0 > 180:
+                raise RuntimeError("server did not start:\n" + "".join(log))
+        import threading
+
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+
+    def metrics(self) -> str:
+        import httpx
+
+        return httpx.get(self.http_url + "/metrics", timeout=30).text
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# ---------------------------------------------------------------------------- load
+async def closed_loop(call: Callable[[bytes], Awaitable[None]], bodies: list[bytes], concurrency: int,
+                      duration: float, min_requests: int) -> dict[str, float]:
+    lat: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + duration
+    counter = 0
+
+    async def worker() -> None:
+        nonlocal counter, errors
+        while time.perf_counter() < stop_at or len(lat) + errors < min_requests:
+            body = bodies[counter % len(bodies)]
+            counter += 1
+            t = time.perf_counter()
+            try:
+                await call(body)
+                lat.append(time.perf_counter() - t)
+            except Exception:  # noqa: BLE001 - counted, reported
+                errors += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    a = np.array(lat) if lat else np.array([np.nan])
+    return {"requests": len(lat), "errors": errors, "seconds": wall, "throughput_rps": len(lat) / wall,
+            "p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3)}
+
+
+async def run_http(url: str, bodies: list[bytes], conc: int, duration: float, min_req: int, quality: int) -> dict[str, float]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=conc + 4, max_keepalive_connections=conc + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as c:
+        async def call(body: bytes) -> None:
+            r = await c.post("/v1/compress", params={"quality": quality}, content=body, headers={"content-type": "image/png"})
+            r.raise_for_status()
+
+        await call(bodies[0])
+        return await closed_loop(call, bodies, conc, duration, min_req)
+
+
+async def run_grpc(target: str, bodies: list[bytes], conc: int, duration: float, min_req: int, quality: int) -> dict[str, float]:
+    import grpc
+
+    from saic.server.proto import codec_pb2 as pb
+    from saic.server.proto import codec_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.CodecStub(ch)
+
+        async def call(body: bytes) -> None:
+            await stub.Compress(pb.CompressRequest(image=body, quality=quality), timeout=300)
+
+        await call(bodies[0])
+        return await closed_loop(call, bodies, conc, duration, min_req)
+
+
+def run_inprocess(model_dir: Path, bodies: list[bytes], duration: float, min_req: int, quality: int, batch: int) -> dict[str, float]:
+    """The codec called directly: decode PNG + compress, `batch` images per call."""
+    from saic.codec.image import decode_image
+    from saic.codec.registry import ModelRegistry
+
+    m = ModelRegistry(model_dir, providers=["CPUExecutionProvider"]).get()
+    m.compress_batch([decode_image(bodies[0], 1 << 26)], [quality])  # warm-up
+    lat, n, i = [], 0, 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < duration or n < min_req:
+        group = [bodies[(i + k) % len(bodies)] for k in range(batch)]
+        i += batch
+        t = time.perf_counter()
+        m.compress_batch([decode_image(b, 1 << 26) for b in group], [quality] * batch)
+        lat.append(time.perf_counter() - t)
+        n += batch
+    wall = time.perf_counter() - t0
+    a = np.array(lat)
+    return {"requests": n, "errors": 0, "seconds": wall, "throughput_rps": n / wall,
+            "p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3)}
+
+
+# ---------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", type=Path, default=REPO / "models")
+    ap.add_argument("--size", type=int, default=128, help="square crop side in pixels")
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--quality", type=int, default=50)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per cell")
+    ap.add_argument("--min-requests", type=int, default=16, help="per cell, even if the duration has passed")
+    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--max-queue-delay-ms", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (server and in-process)")
+    ap.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+
+    imgs, source = load_images(args.size, args.images)
+    bodies = [png(a) for a in imgs]
+    print(f"# saic service benchmark: {source}, quality {args.quality}, {os.cpu_count()} CPUs, loopback", flush=True)
+    results: dict[str, Any] = {"images": source, "cpus": os.cpu_count(), "cells": []}
+
+    inproc = run_inprocess(args.model_dir, bodies, args.duration, args.min_requests, args.quality, 1)
+    inproc_b = run_inprocess(args.model_dir, bodies, args.duration, args.min_requests, args.quality, args.max_batch_size)
+    results["in_process"] = {"batch_1": inproc, f"batch_{args.max_batch_size}": inproc_b}
+    print(f"in-process codec, 1 image/call:  {inproc['throughput_rps']:.2f} img/s, p50 {inproc['p50_ms']:.0f} ms", flush=True)
+    print(f"in-process codec, {args.max_batch_size} images/call: {inproc_b['throughput_rps']:.2f} img/s", flush=True)
+
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    modes = {
+        "on": ["--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms)],
+        "off": ["--max-batch-size", "1"],
+    }
+    for mode, flags in modes.items():
+        srv = Served(args.model_dir, flags + threads + ["--providers", "cpu"])
+        try:
+            for proto in args.protocols:
+                for conc in args.concurrency:
+                    before = srv.metrics()
+                    fn = run_http if proto == "http" else run_grpc
+                    target = srv.http_url if proto == "http" else srv.grpc_target
+                    r = asyncio.run(fn(target, bodies, conc, args.duration, args.min_requests, args.quality))
+                    after = srv.metrics()
+                    r["mean_batch"] = _delta_mean_batch(before, after)
+                    r.update(protocol=proto, batching=mode, concurrency=conc)
+                    results["cells"].append(r)
+                    print(f"{proto:4s} batching {mode:3s} c={conc:3d}: {r['throughput_rps']:6.2f} req/s  "
+                          f"p50 {r['p50_ms']:7.0f} ms  p99 {r['p99_ms']:7.0f} ms  mean batch {r['mean_batch']:.2f}  "
+                          f"errors {r['errors']}", flush=True)
+        finally:
+            srv.close()
+
+    print_summary(results, args)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _delta_mean_batch(before: str, after: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def sums(text: str) -> tuple[float, float]:
+        s = c = 0.0
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if smp.labels.get("op") == "compress":
+                    if smp.name == "saic_batch_size_sum":
+                        s += smp.value
+                    elif smp.name == "saic_batch_size_count":
+                        c += smp.value
+        return s, c
+
+    (s0, c0), (s1, c1) = sums(before), sums(after)
+    return (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan")
+
+
+def print_summary(results: dict[str, Any], args: argparse.Namespace) -> None:
+    cells = {(c["protocol"], c["batching"], c["concurrency"]): c for c in results["cells"]}
+    inproc = results["in_process"]["batch_1"]
+    print("\n| protocol | concurrency | batching on req/s | off req/s | gain on/off | p50 on ms | p99 on ms | p50 off ms | p99 off ms | mean batch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ratios: dict[str, float] = {}
+    for proto in args.protocols:
+        for conc in args.concurrency:
+            on, off = cells[(proto, "on", conc)], cells[(proto, "off", conc)]
+            gain = on["throughput_rps"] / off["throughput_rps"]
+            ratios[f"batching_gain_{proto}_c{conc}"] = gain
+            print(f"| {proto} | {conc} | {on['throughput_rps']:.2f} | {off['throughput_rps']:.2f} | {gain:.2f}x | "
+                  f"{on['p50_ms']:.0f} | {on['p99_ms']:.0f} | {off['p50_ms']:.0f} | {off['p99_ms']:.0f} | {on['mean_batch']:.2f} |")
+    print(f"\nin-process codec (decode PNG + compress_batch of 1): {inproc['throughput_rps']:.2f} img/s, p50 {inproc['p50_ms']:.0f} ms")
+    c1 = min(args.concurrency)
+    for proto in args.protocols:
+        off = cells[(proto, "off", c1)]
+        lat = off["p50_ms"] / inproc["p50_ms"]
+        thr = off["throughput_rps"] / inproc["throughput_rps"]
+        ratios[f"overhead_latency_{proto}_c{c1}"] = lat
+        ratios[f"overhead_throughput_{proto}_c{c1}"] = thr
+        print(f"service overhead ({proto}, concurrency {c1}, batching off): p50 latency x{lat:.2f} "
+              f"(+{off['p50_ms'] - inproc['p50_ms']:.0f} ms), throughput x{thr:.2f} of in-process")
+    results["ratios"] = ratios
+
+
+if __name__ == "__main__":
+    sys.exit(main())
