@@ -22,6 +22,7 @@ from . import errors as E
 from .dataplane import DataPlane
 from .metrics import Metrics
 from .proto import SERVICE_NAME, codec_pb2 as pb, codec_pb2_grpc as pb_grpc
+from .security import ProtobufGuard
 from .settings import Settings
 
 log = logging.getLogger("saic.server.grpc")
@@ -284,7 +285,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 def create_grpc_server(dataplane: DataPlane, metrics: Metrics, settings: Settings) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The grpc.aio server with the Codec service, health checking and reflection (not started)."""
     limit = settings.max_body_bytes + MESSAGE_OVERHEAD
-    interceptors = [ApiKeyInterceptor(settings.api_key.get_secret_value())] if settings.api_key else []
+    interceptors: list[grpc.aio.ServerInterceptor] = [ProtobufGuard()]  # undecodable messages -> INVALID_ARGUMENT
+    if settings.api_key:
+        interceptors.append(ApiKeyInterceptor(settings.api_key.get_secret_value()))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
