@@ -24,6 +24,7 @@ from .dataplane import DataPlane
 from .grpc_server import bind, create_grpc_server, set_serving
 from .http import create_app
 from .metrics import Metrics
+from .security import slow_client_guard
 from .settings import Settings
 
 log = logging.getLogger("saic.server")
@@ -94,6 +95,7 @@ class SaicServer:
             ssl_keyfile=str(s.tls_key) if s.tls_key else None,
             timeout_graceful_shutdown=max(1, int(s.drain_timeout_s)),
             timeout_keep_alive=30,
+            http=slow_client_guard(body_timeout_s=s.request_timeout_s),  # slowloris: bounded header/body time
         )
         self._uv = _Uvicorn(config)
         self._uv_task = asyncio.ensure_future(self._uv.serve(sockets=[sock]))
