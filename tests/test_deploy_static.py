@@ -142,6 +142,37 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest() -> None:
         assert _dockerignore_allows("setup.py")
 
 
+def test_wheel_builds_from_exactly_the_docker_build_context(tmp_path: Path) -> None:
+    """What `pip install .` in the image's build stage sees: only the files .dockerignore lets
+    through.  Building the wheel from that copy proves the context is complete (metadata,
+    setup.py's proto generation, package data) without a container engine."""
+    import zipfile
+
+    ctx = tmp_path / "context"
+    for top in sorted(ROOT.iterdir()):
+        if not _dockerignore_allows(top.name) or top.name == "models":  # models/ are copied, not built
+            continue
+        files = [top] if top.is_file() else sorted(f for f in top.rglob("*") if f.is_file())
+        for f in files:
+            rel = f.relative_to(ROOT).as_posix()
+            if _dockerignore_allows(rel):
+                (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, ctx / rel)
+    assert not (ctx / "service/saic/server/_proto").exists(), "generated code must not come from the host"
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(ctx)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("saic-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.startswith("saic/server/_proto/") and n.endswith("_pb2_grpc.py") for n in names), "gRPC code not generated"
+    assert "saic/server/app.py" in names and "saic/cli.py" in names
+    for static in (ROOT / "service/saic/server/static").glob("*"):
+        assert f"saic/server/static/{static.name}" in names
+    assert not any(n.startswith(("tests/", "saic/training/__pycache__")) for n in names)
+
+
 # ------------------------------------------------------------------ docker-compose.yml
 
 
