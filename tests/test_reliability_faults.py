@@ -231,26 +231,29 @@ def test_grpc_cancel_mid_stream_and_mid_call() -> None:
 
 
 # ---------------------------------------------------------------------------- slow clients
-def test_slow_clients_do_not_starve_others() -> None:
-    """50 connections trickling headers or bodies byte by byte: a normal client is still served."""
-    with ServerProcess() as srv:
+def test_slow_clients_do_not_starve_others_and_are_cut_off() -> None:
+    """50 connections trickling headers or bodies byte by byte: a normal client is still served,
+    and the server closes the trickling ones (headers: 10 s; body: the request timeout)."""
+    with ServerProcess("--request-timeout-s", "6") as srv:
         stop = threading.Event()
+        cut_off: list[float] = []
         socks: list[socket.socket] = []
 
         def trickle(body: bool) -> None:
             s = _raw_http(srv)
             socks.append(s)
+            t0 = time.monotonic()
             head = b"POST /v1/compress HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
-            data = head + PNG_SMALL if body else head
-            start = len(head) if body else 0
+            data = PNG_SMALL if body else head
             if body:
                 s.sendall(head)
-            for i in range(start, len(data)):
+            for i in range(len(data)):
                 if stop.is_set():
                     return
                 try:
                     s.sendall(data[i : i + 1])
                 except OSError:
+                    cut_off.append(time.monotonic() - t0)
                     return
                 time.sleep(0.2)
 
@@ -265,6 +268,10 @@ def test_slow_clients_do_not_starve_others() -> None:
             assert r.status_code == 200
             assert elapsed < 20, f"a normal request took {elapsed:.1f}s next to 50 slow clients"
             assert httpx.get(srv.http_url + "/readyz", timeout=10).status_code == 200
+            for t in threads:
+                t.join(60)
+            assert len(cut_off) == 50, f"only {len(cut_off)} of 50 slow connections were closed by the server"
+            assert max(cut_off) < 40, cut_off
         finally:
             stop.set()
             for s in socks:
