@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -129,7 +130,7 @@ def test_tls(registry, tmp_path: Path, photo) -> None:
     )
     with ServerThread(server_settings(tls_cert=cert, tls_key=key, warmup=False), registry) as srv:
         assert srv.http_url.startswith("https://")
-        with HttpClient(srv.http_url, verify=str(cert)) as c:
+        with HttpClient(srv.http_url, verify=ssl.create_default_context(cafile=str(cert))) as c:
             assert c.compress(photo).width == photo.shape[1]
         with GrpcClient(srv.grpc_target, root_certificates=cert.read_bytes()) as g:
             assert g.compress(photo).width == photo.shape[1]

@@ -43,6 +43,8 @@ def test_score_si_and_classify(stub, photo_png, bitstream) -> None:
     assert doc["parts"]["psnr_db"] == pytest.approx(r.parts["psnr_db"])
     if not r.semantic_available:
         assert not r.HasField("si") and r.note
+    else:
+        assert 0 <= r.si <= 1
     with pytest.raises(grpc.RpcError) as e:
         stub.Classify(pb.ClassifyRequest(bitstream=bitstream, top_k=3), timeout=10)
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED

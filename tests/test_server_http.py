@@ -85,8 +85,10 @@ def test_score_si_pixel_only_until_semantics(http, photo_png, bitstream) -> None
     body = by_stream.json()
     assert set(body["parts"]) >= {"psnr_db", "ms_ssim"}
     assert 0 < body["parts"]["ms_ssim"] <= 1
-    if body["semantic"] is None:
+    if body["semantic"] is None:  # no classifier model: pixel parts only, and the response says so
         assert body["si"] is None and "pixel" in body["note"]
+    else:
+        assert 0 <= body["si"] <= 1 and {"pixel", "semantic", "agreement"} <= set(body["parts"])
     decoded = http.post("/v1/decompress", content=bitstream).content
     by_image = http.post("/v1/score-si", files={"original": photo_png, "decoded": decoded}).json()
     assert abs(by_image["parts"]["psnr_db"] - body["parts"]["psnr_db"]) < 1e-9

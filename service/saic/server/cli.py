@@ -141,7 +141,10 @@ def _client(args: argparse.Namespace) -> Any:
         return GrpcClient(args.grpc, api_key=args.api_key, timeout=args.timeout, root_certificates=cacert)
     from saic.client import HttpClient
 
-    return HttpClient(args.url, api_key=args.api_key, timeout=args.timeout, verify=str(args.cacert) if cacert else True)
+    import ssl
+
+    verify = ssl.create_default_context(cafile=str(args.cacert)) if cacert else True
+    return HttpClient(args.url, api_key=args.api_key, timeout=args.timeout, verify=verify)
 
 
 def _read(path: str) -> bytes:

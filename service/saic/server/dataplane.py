@@ -188,7 +188,12 @@ class DataPlane:
         for m in self.registry.models.values():
             data = m.compress_batch([img], [self.settings.default_quality])[0]
             m.decompress_batch([data])
-        log.info("warm-up done for %d model(s)", len(self.registry.models))
+        scorer, why = scoring.semantic_scorer()
+        log.info(
+            "warm-up done for %d model(s); score-si: %s",
+            len(self.registry.models),
+            "semantic (saic.semantics.si)" if scorer else f"pixel-only ({why})",
+        )
 
     # ------------------------------------------------------------------ queries
     def model(self, model_id: str | None) -> CodecModel:

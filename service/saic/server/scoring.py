@@ -1,7 +1,7 @@
 """Score a reconstruction against its original: the one function behind /v1/score-si and
-gRPC ScoreSI.  When `saic.semantics.si` provides `score_si(original, decoded) -> dict` (with
-at least "si" and "parts"), it is used; until then only pixel-level parts are returned with
-`"semantic": null` and a note saying so.
+gRPC ScoreSI.  When `saic.semantics.si` and its classifier model are available, SI and its
+semantic parts come from `saic.semantics.si.si_parts`; otherwise only pixel-level parts are
+returned, with `"si": null`, `"semantic": null` and a note saying why.
 
 The pixel metrics follow the conventions of `saic.eval.metrics` (RGB PSNR over all samples;
 5-scale MS-SSIM, 11-tap Gaussian sigma 1.5, valid borders, fewer scales for small images) in
@@ -9,7 +9,7 @@ numpy only, because the server must not import `saic.eval` (scipy)."""
 
 from __future__ import annotations
 
-import importlib
+import functools
 import math
 from typing import Any, Callable
 
@@ -18,19 +18,22 @@ import numpy as np
 from saic.codec.errors import InvalidInputError
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-PIXEL_ONLY_NOTE = (
-    "semantic scoring is not available in this build (saic.semantics.si missing): "
-    "'si' and 'semantic' are null and only pixel-level parts are reported"
-)
+PIXEL_ONLY_NOTE = "pixel-level parts only: 'si' and 'semantic' are null because {why}"
 
 
-def _semantic_scorer() -> Callable[[np.ndarray, np.ndarray], dict[str, Any]] | None:
+@functools.lru_cache(maxsize=1)
+def semantic_scorer() -> tuple[Callable[[np.ndarray, np.ndarray], dict[str, Any]] | None, str]:
+    """(si_parts, "") when semantic scoring works, else (None, why not).  Loaded once; the
+    server calls this during warm-up so the classifier never loads on a user's request."""
     try:
-        mod = importlib.import_module("saic.semantics.si")
-    except ImportError:
-        return None
-    fn = getattr(mod, "score_si", None)
-    return fn if callable(fn) else None
+        from saic.semantics import si
+    except ImportError as exc:
+        return None, f"saic.semantics.si is not available ({exc})"
+    try:
+        si.load_default()
+    except Exception as exc:  # noqa: BLE001 - a missing/corrupt classifier model degrades to pixel-only
+        return None, f"semantic classifier not loaded ({type(exc).__name__}: {exc})"
+    return si.si_parts, ""
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -116,9 +119,10 @@ def score_si(original: np.ndarray, decoded: np.ndarray) -> dict[str, Any]:
         )
     p = psnr(original, decoded)
     parts: dict[str, float | None] = {"psnr_db": None if math.isinf(p) else p, "ms_ssim": ms_ssim(original, decoded)}
-    scorer = _semantic_scorer()
+    scorer, why = semantic_scorer()
     if scorer is None:
-        return {"si": None, "parts": parts, "semantic": None, "note": PIXEL_ONLY_NOTE}
+        return {"si": None, "parts": parts, "semantic": None, "note": PIXEL_ONLY_NOTE.format(why=why)}
     sem = dict(scorer(original, decoded))
-    merged = {**parts, **{k: float(v) for k, v in dict(sem.get("parts", {})).items()}}
-    return {"si": sem.get("si"), "parts": merged, "semantic": sem, "note": sem.get("note", "")}
+    numeric = {k: float(v) for k, v in sem.items() if k != "si" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numeric.pop("psnr_db", None)  # same number as parts["psnr_db"] (None when infinite)
+    return {"si": float(sem["si"]), "parts": {**parts, **numeric}, "semantic": sem, "note": ""}
