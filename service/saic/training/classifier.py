@@ -8,13 +8,17 @@ global-average-pool -> one linear layer.  That shape makes the Grad-CAM / GSW ch
 weights of the last feature map closed-form: d score_c / d A_k(i,j) = W[c,k] / (h*w).
 
 Training is built for a shared 2-core CPU: one thread, the whole dataset held as uint8 in
-memory, batch-level augmentation in torch, low-resolution warm-up (progressive resizing:
-the early epochs run at 48x48, ~1.8x cheaper, the last ones at the native 64x64 so the
-BatchNorm statistics match inference), and a resumable checkpoint (model, optimiser, step,
-wall time) every `--save-every` steps.  The schedule (one-cycle LR, resolution switch) is a
-function of *elapsed wall time / budget* rather than of steps ("budgeted training"): the
-machine is shared and its speed varies several-fold, so a step-based schedule could not be
-sized in advance; this way a run always ends on time with a fully decayed LR.
+memory, batch-level augmentation in torch, progressive resizing (the early part of the
+schedule runs at 32x32 and 48x48, 4x and 1.8x cheaper per image, the end at the native
+64x64 so the BatchNorm statistics match inference), and a resumable checkpoint (model,
+optimiser, step, CPU and wall time) every `--save-every` steps.
+
+The schedule (one-cycle LR, resolution steps) is a function of *budget progress* rather
+than of steps ("budgeted training"): the machine is shared and its speed varies several-
+fold, so a step count cannot be sized in advance.  `--budget-kind cpu` (default) measures
+progress in this process's CPU seconds, i.e. a fixed amount of compute whatever the load;
+`wall` in wall-clock seconds, i.e. a fixed end time whatever the compute.  Either way the
+run ends with a fully decayed LR.
 """
 
 from __future__ import annotations
@@ -236,8 +240,16 @@ def lr_at(t: float, peak: float, warmup: float = 0.15) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warmup) / (1 - warmup))))
 
 
-def size_at(t: float, low_frac: float, low: int) -> int:
-    return low if t < low_frac else INPUT_SIZE
+def parse_res_schedule(spec: str) -> list[tuple[float, int]]:
+    """'0.5:32,0.75:48' -> [(0.5, 32), (0.75, 48)]: size 32 until progress 0.5, 48 until 0.75, then 64."""
+    return [(float(a), int(b)) for a, b in (item.split(":") for item in spec.split(",") if item)]
+
+
+def size_at(t: float, schedule: list[tuple[float, int]]) -> int:
+    for until, size in schedule:
+        if t < until:
+            return size
+    return INPUT_SIZE
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -260,18 +272,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=None, help="folder holding tiny10/ (default: ../shared/data)")
     ap.add_argument("--cache", type=Path, default=Path("runs/cache"))
-    ap.add_argument("--budget-minutes", type=float, default=25,
-                    help="wall-clock length of the whole schedule (fixed at the first start)")
+    ap.add_argument("--budget-minutes", type=float, default=20,
+                    help="length of the whole schedule in minutes of --budget-kind (fixed at the first start)")
+    ap.add_argument("--budget-kind", choices=("cpu", "wall"), default="cpu")
     ap.add_argument("--minutes", type=float, default=1e9, help="stop this invocation after this many minutes")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.2)
     ap.add_argument("--wd", type=float, default=5e-4)
-    ap.add_argument("--low-res", type=int, default=48)
-    ap.add_argument("--low-frac", type=float, default=0.6, help="fraction of the budget at --low-res")
+    ap.add_argument("--res-schedule", default="0.5:32,0.75:48",
+                    help="progress:size,... input size before each progress mark; 64 after the last")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=200)
     ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--eval-every", type=int, default=3, help="validate every N epochs (and at the end)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -293,16 +307,17 @@ def main(argv: list[str] | None = None) -> None:
     if ckpt.exists():
         model, ck = load_checkpoint(ckpt)
         cfg = ck["config"]
-        step, wall = ck["step"], ck["wall_seconds"]
+        step, wall, cpu = ck["step"], ck["wall_seconds"], ck.get("cpu_seconds", 0.0)
         hardware = ck["hardware"]
         history = ck["history"]
     else:
         model = build(args.arch)
         cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         cfg["n_train"], cfg["n_val"] = len(tr), len(va)
-        ck, step, wall, hardware, history = None, 0, 0.0, [], []
+        ck, step, wall, cpu, hardware, history = None, 0, 0.0, 0.0, [], []
     budget = cfg["budget_minutes"] * 60
-    if wall >= budget and (args.out / "result.json").exists():
+    res_schedule = parse_res_schedule(cfg["res_schedule"])
+    if (args.out / "result.json").exists():
         emit({"already_done": step})
         return
     decay, no_decay = [], []
@@ -317,25 +332,29 @@ def main(argv: list[str] | None = None) -> None:
         hardware.append(hw)
     gen = torch.Generator().manual_seed(args.seed * 1000003 + step)
     n_params = sum(p.numel() for p in model.parameters())
-    emit({"start": step, "budget_s": budget, "wall": round(wall), "arch": cfg["arch"], "params": n_params, "hardware": hw})
+    emit({"start": step, "budget_s": budget, "budget_kind": cfg["budget_kind"], "wall": round(wall), "arch": cfg["arch"], "params": n_params, "hardware": hw})
 
     def state() -> dict:
         return {"arch": cfg["arch"], "model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                "config": cfg, "wall_seconds": wall + time.time() - t0, "hardware": hardware, "history": history}
+                "config": cfg, "wall_seconds": wall + time.time() - t0, "cpu_seconds": cpu + time.process_time() - c0,
+                "hardware": hardware, "history": history}
 
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     run_loss, run_n, t_last = 0.0, 0, t0
     perm = torch.randperm(len(tr), generator=gen)
     pos = 0
     model.train()
-    progress = lambda: (wall + time.time() - t0) / budget  # noqa: E731
+    if cfg["budget_kind"] == "cpu":
+        progress = lambda: (cpu + time.process_time() - c0) / budget  # noqa: E731
+    else:
+        progress = lambda: (wall + time.time() - t0) / budget  # noqa: E731
     while progress() < 1 and time.time() - t0 < args.minutes * 60:
         if pos + args.batch > len(perm):
             perm, pos = torch.randperm(len(tr), generator=gen), 0
         idx = perm[pos : pos + args.batch]
         pos += args.batch
         t = progress()
-        xb = augment(x_tr[idx], gen, out=size_at(t, cfg["low_frac"], cfg["low_res"]))
+        xb = augment(x_tr[idx], gen, out=size_at(t, res_schedule))
         lr = lr_at(t, cfg["lr"])
         for g in opt.param_groups:
             g["lr"] = lr
@@ -350,9 +369,9 @@ def main(argv: list[str] | None = None) -> None:
             now = time.time()
             emit({"step": step, "epoch": round(step / steps_per_epoch, 2), "loss": round(run_loss / run_n, 4),
                   "lr": round(lr, 4), "s_per_step": round((now - t_last) / run_n, 3),
-                  "wall": round(wall + now - t0)})
+                  "progress": round(t, 4), "wall": round(wall + now - t0)})
             run_loss, run_n, t_last = 0.0, 0, now
-        if step % steps_per_epoch == 0:
+        if step % (steps_per_epoch * args.eval_every) == 0:
             acc = evaluate(model, x_va, y_va)
             model.train()
             history.append({"step": step, "val_top1": acc, "wall": round(wall + time.time() - t0)})
@@ -366,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         history.append({"step": step, "val_top1": val, "wall": round(wall + time.time() - t0)})
         save_checkpoint(ckpt, state())
         res = {"done": step, "val_top1": val, "test_top1": evaluate(model, x_te, y_te),
-               "wall_seconds": round(wall + time.time() - t0)}
+               "wall_seconds": round(wall + time.time() - t0), "cpu_seconds": round(cpu + time.process_time() - c0)}
         (args.out / "result.json").write_text(json.dumps(res, indent=1))
         emit(res)
     else:

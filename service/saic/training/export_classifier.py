@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classifier import ARCHS, CLASSES, Classifier, INPUT_SIZE, MEAN, STD, VAL_EVERY, default_data_dir, load_checkpoint, \
-    load_split, train_val_split
+from .classifier import ARCHS, CLASSES, INPUT_SIZE, MEAN, STD, VAL_EVERY, Classifier, default_data_dir, \
+    load_checkpoint, load_split, parse_res_schedule, train_val_split
 
 OPSET = 17
 
@@ -105,6 +105,21 @@ def onnx_top1(onnx_path: Path, x: np.ndarray, y: np.ndarray, batch: int = 256) -
     return correct / len(x)
 
 
+def resize_desc(cfg: dict) -> str:
+    if "res_schedule" in cfg:
+        marks = parse_res_schedule(cfg["res_schedule"])
+        parts, lo = [], 0.0
+        for until, size in marks:
+            parts.append(f"{size}x{size} for {lo:.0%}-{until:.0%}")
+            lo = until
+        return ", ".join(parts) + f", 64x64 for {lo:.0%}-100% of the budget"
+    return f"{cfg['low_res']}x{cfg['low_res']} for the first {cfg['low_frac']:.0%} of the budget, then 64x64"
+
+
+def cpu_desc(ck: dict) -> str:
+    return f" ({ck['cpu_seconds'] / 60:.1f} CPU-min of one thread)" if "cpu_seconds" in ck else ""
+
+
 def model_card(m: dict, ck: dict, arch_desc: str, role: str) -> str:
     cfg = ck["config"]
     acc = m["accuracy"]
@@ -128,16 +143,15 @@ def model_card(m: dict, ck: dict, arch_desc: str, role: str) -> str:
   {VAL_EVERY}th image of each class (sorted by file name) is held out for validation:
   {cfg['n_train']} train / {cfg['n_val']} val.  `tiny10/test` (2,900) was used only for the final report below.
 - Augmentation: reflect-pad 6 px + random 64x64 crop, horizontal flip, brightness/contrast/
-  saturation jitter of +-20%; progressive resizing (first {cfg['low_frac']:.0%} of the time budget at
-  {cfg['low_res']}x{cfg['low_res']}, then 64x64).
+  saturation jitter of +-20%; progressive resizing: {resize_desc(cfg)}.
 
 ## Training
 - SGD (Nesterov, momentum 0.9), batch {cfg['batch']}, one-cycle LR peak {cfg['lr']}
   (15% linear warm-up, cosine decay), weight decay {cfg['wd']} (not on BN/bias), label smoothing 0.1.
 - {ck['step']} steps ({ck['step'] / (cfg['n_train'] // cfg['batch']):.1f} epochs), seed {cfg['seed']}; the schedule
-  runs on wall-clock progress (elapsed / {cfg['budget_minutes']:g} min budget), not on a step count.
+  runs on budget progress ({cfg.get('budget_kind', 'wall')} time used / {cfg['budget_minutes']:g} min), not on a step count.
 - Hardware: {'; '.join(ck['hardware'])}, `nice -n 5`, sharing a 2-core VM with a codec training run.
-- Wall time: {ck['wall_seconds'] / 60:.1f} min.
+- Wall time: {ck['wall_seconds'] / 60:.1f} min{cpu_desc(ck)}.
 
 | step | epoch | val top-1 | wall s |
 |---|---|---|---|
