@@ -154,5 +154,8 @@ def score_batch(originals: Sequence[np.ndarray], decoded: Sequence[np.ndarray],
 
 
 def si_parts(original: np.ndarray, decoded: np.ndarray) -> dict:
-    """JSON-ready SI breakdown for POST /v1/score-si (HxWx3 uint8, same size)."""
-    return score(original, decoded).to_dict()
+    """JSON-ready SI breakdown for POST /v1/score-si (HxWx3 uint8, same size), with the
+    classifier's id and hash: SI values are only comparable under the same classifier."""
+    scorer = load_default()
+    return {**scorer.score(original, decoded).to_dict(), "model": scorer.classifier.id,
+            "model_sha256": scorer.classifier.sha256}
