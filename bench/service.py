@@ -8,8 +8,9 @@ Each server is a real `saic serve` subprocess (port 0) so load generator and ser
 share a GIL.  Clients are closed-loop (each sends its next request when the previous one is
 answered).  All ratios come from one run:
   * batching gain  = throughput(batching on) / throughput(max_batch_size=1), same protocol and concurrency;
-  * service overhead = service p50 latency at concurrency 1 / in-process codec latency
-    (and the throughput ratio), i.e. what HTTP/gRPC + validation + queueing cost per request.
+  * service overhead = service latency / in-process codec latency at concurrency 1, from
+    interleaved rounds (in-process, HTTP, gRPC on the same image) so background load hits all
+    alike; also the paired median extra milliseconds per request.
 Images: center crops of Kodak (../shared/data/kodak or $SAIC_DATA_DIR/kodak) when present,
 else synthetic photo-like images (same size, so requests can share batches).
 """
@@ -181,6 +182,49 @@ def run_inprocess(model_dir: Path, bodies: list[bytes], duration: float, min_req
             "p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3)}
 
 
+def paired_overhead(model_dir: Path, srv: "Served", bodies: list[bytes], rounds: int, quality: int,
+                    protocols: list[str]) -> dict[str, Any]:
+    """Service overhead at concurrency 1, measured in interleaved rounds (in-process, then each
+    protocol, same image) so background load hits all of them alike.  Returns per-path median
+    latencies and the paired median of (service - in-process)."""
+    import grpc
+    import httpx
+
+    from saic.codec.image import decode_image
+    from saic.codec.registry import ModelRegistry
+    from saic.server.proto import codec_pb2 as pb
+    from saic.server.proto import codec_pb2_grpc as pb_grpc
+
+    m = ModelRegistry(model_dir, providers=["CPUExecutionProvider"]).get()
+    http = httpx.Client(base_url=srv.http_url, timeout=300)
+    channel = grpc.insecure_channel(srv.grpc_target)
+    stub = pb_grpc.CodecStub(channel)
+    paths: dict[str, Callable[[bytes], object]] = {
+        "in_process": lambda b: m.compress_batch([decode_image(b, 1 << 26)], [quality]),
+        "http": lambda b: http.post("/v1/compress", params={"quality": quality}, content=b,
+                                    headers={"content-type": "image/png"}).raise_for_status(),
+        "grpc": lambda b: stub.Compress(pb.CompressRequest(image=b, quality=quality), timeout=300),
+    }
+    use = ["in_process"] + protocols
+    times: dict[str, list[float]] = {k: [] for k in use}
+    for k in use:  # warm-up each path once
+        paths[k](bodies[0])
+    for i in range(rounds):
+        for k in use:
+            t = time.perf_counter()
+            paths[k](bodies[i % len(bodies)])
+            times[k].append(time.perf_counter() - t)
+    http.close()
+    channel.close()
+    base = np.array(times["in_process"])
+    out: dict[str, Any] = {"rounds": rounds, "in_process_p50_ms": float(np.median(base) * 1e3)}
+    for k in protocols:
+        t = np.array(times[k])
+        out[k] = {"p50_ms": float(np.median(t) * 1e3), "overhead_p50_ms": float(np.median(t - base) * 1e3),
+                  "latency_ratio": float(np.median(t) / np.median(base))}
+    return out
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (server and in-process)")
     ap.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
+    ap.add_argument("--overhead-rounds", type=int, default=20, help="interleaved rounds for the overhead measurement")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -217,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     for mode, flags in modes.items():
         srv = Served(args.model_dir, flags + threads + ["--providers", "cpu"])
         try:
+            if mode == "off":
+                results["overhead"] = paired_overhead(args.model_dir, srv, bodies, args.overhead_rounds, args.quality,
+                                                      args.protocols)
             for proto in args.protocols:
                 for conc in args.concurrency:
                     before = srv.metrics()
@@ -260,7 +308,6 @@ def _delta_mean_batch(before: str, after: str) -> float:
 
 def print_summary(results: dict[str, Any], args: argparse.Namespace) -> None:
     cells = {(c["protocol"], c["batching"], c["concurrency"]): c for c in results["cells"]}
-    inproc = results["in_process"]["batch_1"]
     print("\n| protocol | concurrency | batching on req/s | off req/s | gain on/off | p50 on ms | p99 on ms | p50 off ms | p99 off ms | mean batch |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     ratios: dict[str, float] = {}
@@ -271,16 +318,17 @@ def print_summary(results: dict[str, Any], args: argparse.Namespace) -> None:
             ratios[f"batching_gain_{proto}_c{conc}"] = gain
             print(f"| {proto} | {conc} | {on['throughput_rps']:.2f} | {off['throughput_rps']:.2f} | {gain:.2f}x | "
                   f"{on['p50_ms']:.0f} | {on['p99_ms']:.0f} | {off['p50_ms']:.0f} | {off['p99_ms']:.0f} | {on['mean_batch']:.2f} |")
-    print(f"\nin-process codec (decode PNG + compress_batch of 1): {inproc['throughput_rps']:.2f} img/s, p50 {inproc['p50_ms']:.0f} ms")
-    c1 = min(args.concurrency)
+    inp = results["in_process"]
+    print(f"\nin-process codec (decode PNG + compress_batch): 1 image/call {inp['batch_1']['throughput_rps']:.2f} img/s, "
+          f"{args.max_batch_size} images/call {inp[f'batch_{args.max_batch_size}']['throughput_rps']:.2f} img/s")
+    ov = results["overhead"]
+    print(f"\nservice overhead at concurrency 1 (batching off), {ov['rounds']} interleaved rounds, "
+          f"in-process p50 {ov['in_process_p50_ms']:.0f} ms:")
     for proto in args.protocols:
-        off = cells[(proto, "off", c1)]
-        lat = off["p50_ms"] / inproc["p50_ms"]
-        thr = off["throughput_rps"] / inproc["throughput_rps"]
-        ratios[f"overhead_latency_{proto}_c{c1}"] = lat
-        ratios[f"overhead_throughput_{proto}_c{c1}"] = thr
-        print(f"service overhead ({proto}, concurrency {c1}, batching off): p50 latency x{lat:.2f} "
-              f"(+{off['p50_ms'] - inproc['p50_ms']:.0f} ms), throughput x{thr:.2f} of in-process")
+        o = ov[proto]
+        ratios[f"overhead_latency_ratio_{proto}"] = o["latency_ratio"]
+        print(f"  {proto}: p50 {o['p50_ms']:.0f} ms = x{o['latency_ratio']:.3f} of in-process; "
+              f"paired median overhead {o['overhead_p50_ms']:+.1f} ms per request")
     results["ratios"] = ratios
 
 

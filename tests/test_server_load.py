@@ -133,9 +133,7 @@ def test_drain_finishes_accepted_work_and_refuses_new(registry) -> None:
         with ThreadPoolExecutor(4) as pool:
             pending = [pool.submit(_scraper.post, srv.http_url + "/v1/compress", content=img, timeout=60) for _ in range(4)]
             _wait_for(lambda: metric_value(_metrics(srv.http_url), "saic_inflight_requests", protocol="http") >= 5)
-            import asyncio
-
-            shutdown = asyncio.run_coroutine_threadsafe(srv.server.shutdown(), srv._loop)
+            shutdown = srv.submit(srv.server.shutdown())  # what SIGTERM does in `saic serve`
             _wait_for(lambda: not srv.server.dataplane.accepting)
             late = _scraper.post(srv.http_url + "/v1/compress", content=img, timeout=60)
             ready = _scraper.get(srv.http_url + "/readyz", timeout=10)

@@ -8,13 +8,14 @@ drain -> exit 0).  `ServerThread` runs a server in a background thread (tests, b
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import signal
 import socket
 import threading
 import time
-from typing import Iterator
+from typing import Any, Coroutine, Iterator, TypeVar
 
 import uvicorn
 
@@ -28,6 +29,7 @@ from .security import slow_client_guard
 from .settings import Settings
 
 log = logging.getLogger("saic.server")
+T = TypeVar("T")
 
 
 class _Uvicorn(uvicorn.Server):
@@ -215,9 +217,13 @@ class ServerThread:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(timeout)
 
-    def call(self, coro, timeout: float | None = 30):  # noqa: ANN001, ANN201 - any coroutine
-        """Run a coroutine on the server's loop (e.g. to start a drain) and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule a coroutine on the server's loop (e.g. `server.shutdown()`); returns its future."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30) -> T:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return self.submit(coro).result(timeout)
 
     def __enter__(self) -> "ServerThread":
         return self.start()
