@@ -11,9 +11,12 @@ ordinary float.
 
 from __future__ import annotations
 
+import threading
+from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 ACT_FRAC = 8  # fractional bits of activations, means and log-scales
 WEIGHT_BITS = 15  # |w_int| < 2**15
@@ -46,45 +49,101 @@ def interp_float(table: np.ndarray, quality: int) -> np.ndarray:
     return ((1 - w) * table[i] + w * table[i + 1]).astype(np.float32)
 
 
-def _conv_same(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """'same' zero-padded stride-1 conv of integer-valued float64 a (B,C,H,W) with w (O,C,k,k)."""
-    b, c, h, wd = a.shape
-    o, _, k, _ = w.shape
-    if k == 1:
-        cols = a.transpose(0, 2, 3, 1).reshape(-1, c)
-    else:
-        p = k // 2
-        ap = np.pad(a, ((0, 0), (0, 0), (p, p), (p, p)))
-        win = np.lib.stride_tricks.sliding_window_view(ap, (k, k), axis=(2, 3))  # B,C,H,W,k,k
-        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)
-    out = cols @ w.reshape(o, -1).T.astype(np.float64)
-    return out.reshape(b, h, wd, o).transpose(0, 3, 1, 2)
+class _Layer:
+    """One integer conv layer, prepared once: float64 weights in im2col order (ky, kx, c)."""
+
+    def __init__(self, w: np.ndarray, bias: np.ndarray, frac: int, shuffle: bool):
+        o, c, k, _ = w.shape
+        if shuffle:  # output channels reordered from (c, i, j) to (i, j, c): the shuffle copies whole pixels
+            perm = np.arange(o).reshape(o // 4, 4).T.ravel()
+            w, bias = w[perm], bias[perm]
+        self.k = k
+        self.matrix = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(k * k * c, o), dtype=np.float64)
+        # (acc + bias + 2**(f-1)) * 2**-f equals the reference (acc + bias + 2**(f-1)) / 2**f: all
+        # integers below 2**53 and scaling by a power of two is exact
+        self.offset = bias.astype(np.float64) + (float(1 << (frac - 1)) if frac > 0 else 0.0)
+        self.scale = 2.0**-frac if frac > 0 else 1.0
+
+    def __call__(self, a: np.ndarray, relu: bool) -> np.ndarray:
+        """a: (B, H+k-1, W+k-1, C) zero-padded NHWC -> (B*H*W, O) requantised, clipped."""
+        b, hp, wp, c = a.shape
+        h, w = hp - self.k + 1, wp - self.k + 1
+        if self.k == 1:
+            cols = a.reshape(-1, c)
+        else:
+            cols6 = np.empty((b, h, w, self.k, self.k, c))
+            for dy in range(self.k):
+                for dx in range(self.k):
+                    cols6[:, :, :, dy, dx] = a[:, dy : dy + h, dx : dx + w]
+            cols = cols6.reshape(b * h * w, -1)
+        out = cols @ self.matrix
+        out += self.offset
+        if self.scale != 1.0:
+            out *= self.scale
+            np.floor(out, out=out)
+        np.clip(out, 0.0 if relu else -ACT_LIMIT, ACT_LIMIT, out=out)
+        return out
 
 
-def _layer(a: np.ndarray, w: np.ndarray, bias: np.ndarray, frac: int, relu: bool) -> np.ndarray:
-    acc = _conv_same(a, w) + bias[None, :, None, None]
-    out = np.floor((acc + float(1 << (frac - 1))) / float(1 << frac)) if frac > 0 else acc
-    if relu:
-        out = np.maximum(out, 0.0)
-    return np.clip(out, -ACT_LIMIT, ACT_LIMIT)
+_BLAS_LOCK = threading.Lock()
 
 
-def _pixel_shuffle(a: np.ndarray) -> np.ndarray:
-    b, c, h, w = a.shape
-    return a.reshape(b, c // 4, 2, 2, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(b, c // 4, 2 * h, 2 * w)
+@lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _shuffled(out: np.ndarray, b: int, h: int, w: int, pad: int) -> np.ndarray:
+    """(B*H*W, 4C) in (i, j, c) channel order -> pixel shuffle x2, NHWC, zero border of `pad`."""
+    c = out.shape[1] // 4
+    dst = np.zeros((b, 2 * h + 2 * pad, 2 * w + 2 * pad, c))
+    inner = dst[:, pad : pad + 2 * h, pad : pad + 2 * w].reshape(b, h, 2, w, 2, c)  # a view
+    inner[...] = out.reshape(b, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    return dst
+
+
+class HyperSynthesis:
+    """The integer hyper-synthesis of one model, its weights converted once at load.
+
+    Runs in NHWC (im2col copies whole pixels); results are identical to the NCHW reference
+    because every operand is an integer-valued float64 (exact at any summation order)."""
+
+    def __init__(self, t: Mapping[str, np.ndarray]):
+        self._inv_hgain = np.asarray(t["inv_hgain"])
+        self._thresholds = np.asarray(t["scale_thresholds"])
+        self._c = [
+            _Layer(t[f"c{i}_w"], t[f"c{i}_b"], int(t[f"c{i}_frac"]), shuffle=i in (2, 3)) for i in (1, 2, 3, 4)
+        ]
+
+    def __call__(self, z_hat: np.ndarray, qualities: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """z_hat int (B,NZ,h,w) -> (means_int int64, scale_index int32) at (B,M,4h,4w).
+
+        BLAS runs single-threaded here: these GEMMs are small, and OpenBLAS's spinning worker
+        threads cost 2-4x the CPU time (and wall time on a loaded machine) for no gain."""
+        with _BLAS_LOCK, _blas().limit(limits=1, user_api="blas"):
+            return self._run(z_hat, qualities)
+
+    def _run(self, z_hat: np.ndarray, qualities: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        b, nz, h, w = z_hat.shape
+        gains = np.stack([interp_int(self._inv_hgain, q) for q in qualities]).astype(np.float64)
+        p = self._c[0].k // 2
+        a = np.zeros((b, h + 2 * p, w + 2 * p, nz))
+        np.clip(z_hat.transpose(0, 2, 3, 1) * gains[:, None, None, :], -ACT_LIMIT, ACT_LIMIT, out=a[:, p : p + h, p : p + w])
+        a = self._c[0](a, relu=True).reshape(b, h, w, -1)
+        a = np.pad(a, ((0, 0), (self._c[1].k // 2,) * 2, (self._c[1].k // 2,) * 2, (0, 0)))
+        a = _shuffled(self._c[1](a, relu=True), b, h, w, self._c[2].k // 2)
+        a = _shuffled(self._c[2](a, relu=True), b, 2 * h, 2 * w, self._c[3].k // 2)
+        out = self._c[3](a, relu=False).reshape(b, 4 * h, 4 * w, -1).transpose(0, 3, 1, 2).astype(np.int64, order="C")
+        m = out.shape[1] // 2
+        means, log_scales = out[:, :m], out[:, m:]
+        index = np.searchsorted(self._thresholds, log_scales, side="right")
+        return means, index.astype(np.int32)
 
 
 def hyper_synthesis(
     t: Mapping[str, np.ndarray], z_hat: np.ndarray, qualities: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """z_hat int (B,NZ,h,w) -> (means_int, scale_index) at (B,M,4h,4w); means in 2**-ACT_FRAC units."""
-    gains = np.stack([interp_int(t["inv_hgain"], q) for q in qualities])  # B,NZ at 2**-ACT_FRAC
-    a = np.clip(z_hat.astype(np.float64) * gains[:, :, None, None], -ACT_LIMIT, ACT_LIMIT)
-    a = _layer(a, t["c1_w"], t["c1_b"], int(t["c1_frac"]), relu=True)
-    a = np.maximum(_pixel_shuffle(_layer(a, t["c2_w"], t["c2_b"], int(t["c2_frac"]), relu=False)), 0.0)
-    a = np.maximum(_pixel_shuffle(_layer(a, t["c3_w"], t["c3_b"], int(t["c3_frac"]), relu=False)), 0.0)
-    out = _layer(a, t["c4_w"], t["c4_b"], int(t["c4_frac"]), relu=False).astype(np.int64)
-    m = out.shape[1] // 2
-    means, log_scales = out[:, :m], out[:, m:]
-    index = np.searchsorted(t["scale_thresholds"], log_scales, side="right")
-    return means, index.astype(np.int32)
+    """z_hat int (B,NZ,h,w) -> (means_int, scale_index) at (B,M,4h,4w); means in 2**-ACT_FRAC units.
+
+    One-off form; a loaded model keeps a `HyperSynthesis` so the weights are prepared once."""
+    return HyperSynthesis(t)(z_hat, qualities)

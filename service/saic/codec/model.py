@@ -101,6 +101,7 @@ class CodecModel:
             raise ModelLoadError(f"model {self.id} at {self.path}: {exc}") from exc
         self.providers: list[str] = self._sessions["analysis"].get_providers()
         self._tables = entropy.EntropyTables(self._arrays)
+        self._hyper_synthesis = fixedpoint.HyperSynthesis(self._arrays)
         self._levels = int(self._arrays["gain"].shape[0])
         log.info("loaded model %s (tag %04x) with %s", self.id, self.tag, self.providers[0])
 
@@ -181,7 +182,7 @@ class CodecModel:
         hg = np.stack([fixedpoint.interp_float(a["hgain"], q) for q in qs])[:, :, None, None]
         z_hat = np.clip(np.rint(z * hg), -entropy.SYMBOL_LIMIT, entropy.SYMBOL_LIMIT).astype(np.int64)
         with _timed(timings, "entropy_params"):
-            means, index = fixedpoint.hyper_synthesis(a, z_hat, qs)
+            means, index = self._hyper_synthesis(z_hat, qs)
         sym = np.rint(y_g.astype(np.float64) - means * 2.0**-fixedpoint.ACT_FRAC).astype(np.int64)
         out = []
         with _timed(timings, "entropy_encode"):
@@ -230,7 +231,7 @@ class CodecModel:
                 decoders.append(dec)
         qs = [it.header.quality for it in items]
         with _timed(timings, "entropy_params"):
-            means, index = fixedpoint.hyper_synthesis(a, np.stack(zs), qs)
+            means, index = self._hyper_synthesis(np.stack(zs), qs)
         ys = []
         with _timed(timings, "entropy_decode"):
             for i, it in enumerate(items):

@@ -1,0 +1,66 @@
+"""Performance changes that must not change behaviour: the prepared NHWC integer
+hyper-synthesis equals the plain NCHW reference formula bit for bit, and tiled transforms
+of large images match the untiled ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saic.codec import fixedpoint, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reference(t: dict, z_hat: np.ndarray, qualities: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The integer hyper-synthesis written as directly as possible (NCHW, per-call float64 weights)."""
+
+    def conv(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+        b, c, h, wd = a.shape
+        o, _, k, _ = w.shape
+        p = k // 2
+        ap = np.pad(a, ((0, 0), (0, 0), (p, p), (p, p)))
+        win = np.lib.stride_tricks.sliding_window_view(ap, (k, k), axis=(2, 3))
+        cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)
+        return (cols @ w.reshape(o, -1).T.astype(np.float64)).reshape(b, h, wd, o).transpose(0, 3, 1, 2)
+
+    def layer(a: np.ndarray, i: int, relu: bool) -> np.ndarray:
+        f = int(t[f"c{i}_frac"])
+        acc = conv(a, t[f"c{i}_w"]) + t[f"c{i}_b"][None, :, None, None]
+        out = np.floor((acc + float(1 << (f - 1))) / float(1 << f))
+        out = np.maximum(out, 0.0) if relu else out
+        return np.clip(out, -fixedpoint.ACT_LIMIT, fixedpoint.ACT_LIMIT)
+
+    def shuffle(a: np.ndarray) -> np.ndarray:
+        b, c, h, w = a.shape
+        return a.reshape(b, c // 4, 2, 2, h, w).transpose(0, 1, 4, 2, 5, 3).reshape(b, c // 4, 2 * h, 2 * w)
+
+    gains = np.stack([fixedpoint.interp_int(t["inv_hgain"], q) for q in qualities])
+    a = np.clip(z_hat.astype(np.float64) * gains[:, :, None, None], -fixedpoint.ACT_LIMIT, fixedpoint.ACT_LIMIT)
+    a = layer(a, 1, relu=True)
+    a = np.maximum(shuffle(layer(a, 2, relu=False)), 0.0)
+    a = np.maximum(shuffle(layer(a, 3, relu=False)), 0.0)
+    out = layer(a, 4, relu=False).astype(np.int64)
+    m = out.shape[1] // 2
+    index = np.searchsorted(t["scale_thresholds"], out[:, m:], side="right").astype(np.int32)
+    return out[:, :m], index
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(ROOT / "models" / (ROOT / "models" / "DEFAULT").read_text().strip())
+
+
+@pytest.mark.parametrize("shape,qs,scale", [
+    ((1, 8, 12), [50], 4), ((1, 1, 1), [0], 40000), ((3, 5, 7), [0, 37, 100], 30), ((2, 4, 3), [99, 1], 3000),
+])
+def test_prepared_hyper_synthesis_is_bit_identical(model, shape, qs, scale):
+    t = model._arrays
+    rng = np.random.default_rng(scale)
+    z = rng.integers(-scale, scale + 1, size=(len(qs), t["c1_w"].shape[1], *shape[1:]))
+    ref_means, ref_index = _reference(t, z, qs)
+    means, index = fixedpoint.HyperSynthesis(t)(z, qs)
+    assert means.dtype == np.int64 and index.dtype == np.int32
+    assert np.array_equal(means, ref_means) and np.array_equal(index, ref_index)
