@@ -15,6 +15,7 @@ The API key check (constant-time, `hmac.compare_digest`) lives with each protoco
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
@@ -53,6 +54,15 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield msg
 
 
+async def _responses(result: Any) -> AsyncIterator[Any]:
+    """A streaming behaviour is an async generator, or a coroutine that writes via context.write."""
+    if inspect.isawaitable(result):
+        await result
+        return
+    async for resp in result:
+        yield resp
+
+
 class ProtobufGuard(grpc.aio.ServerInterceptor):
     """Undecodable request messages -> INVALID_ARGUMENT (see the module docstring)."""
 
@@ -87,7 +97,7 @@ class ProtobufGuard(grpc.aio.ServerInterceptor):
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 if isinstance(request, _Undecodable):
                     await abort(context, request.reason)
-                async for resp in inner_us(request, context):
+                async for resp in _responses(inner_us(request, context)):
                     yield resp
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)
@@ -107,7 +117,7 @@ class ProtobufGuard(grpc.aio.ServerInterceptor):
 
         async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                async for resp in inner_ss(_checked(requests), context):
+                async for resp in _responses(inner_ss(_checked(requests), context)):
                     yield resp
             except InvalidProtobufError as exc:
                 await abort(context, str(exc))
