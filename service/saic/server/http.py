@@ -23,6 +23,7 @@ from saic.codec.errors import InvalidInputError, InvalidParameterError
 
 from . import errors as E
 from .dataplane import FORMATS, MEDIA_TYPES, DataPlane, check_format
+from .demo import mount_demo
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .settings import Settings
@@ -38,8 +39,9 @@ ENDPOINTS = {
     "/healthz": "healthz",
     "/readyz": "readyz",
     "/metrics": "metrics",
+    "/": "demo",
 }
-UNAUTHENTICATED_PATHS = {"/healthz", "/readyz", "/metrics"}
+UNAUTHENTICATED_PATHS = {"/healthz", "/readyz", "/metrics", "/"}  # "/": the demo page (no data; its calls carry the key)
 TIMEOUT_HEADER = "x-saic-timeout-ms"
 IMAGE_TYPES = ["image/png", "image/jpeg", "image/webp", "image/avif", "image/tiff", "image/bmp", "image/gif"]
 
@@ -425,4 +427,5 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> AS
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    mount_demo(app)  # GET / -> the web demo (demo.py)
     return ObservedApp(app, metrics, settings.max_body_bytes, api_key)
