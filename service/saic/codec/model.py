@@ -21,6 +21,9 @@ from .errors import InvalidParameterError, ModelLoadError, ModelMismatchError
 log = logging.getLogger("saic.codec")
 
 ALIGN = 64  # total downsampling of the hyper-latent: inputs are padded to a multiple of this
+STRIDE = 16  # downsampling of the latent y
+TILE = 1024  # analysis/synthesis run on tiles of at most this many pixels a side (bounded memory)
+HALO = 32  # context around a tile: beyond the receptive field's reach, so tiling changes no bit (tested)
 SYMBOLS_PER_SUBSTREAM = 1 << 16
 MAX_SUBSTREAMS = 8
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
@@ -62,6 +65,15 @@ def padded_size(height: int, width: int) -> tuple[int, int]:
     return -(-height // ALIGN) * ALIGN, -(-width // ALIGN) * ALIGN
 
 
+def tile_spans(n: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """Split [0, n) into near-equal cores of at most `tile` pixels on the latent grid:
+    (lo, hi) with the halo, clipped to [0, n), then the core (a, b)."""
+    k = -(-n // max(tile, STRIDE))
+    units = n // STRIDE
+    cuts = [STRIDE * ((units * i) // k) for i in range(k + 1)]
+    return [(max(a - HALO, 0), min(b + HALO, n), a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
 def substream_count(latent_symbols: int) -> int:
     """Small images get one substream (each costs a few bytes); large ones up to 8 for threads."""
     return int(min(MAX_SUBSTREAMS, max(1, -(-latent_symbols // SYMBOLS_PER_SUBSTREAM))))
@@ -77,9 +89,15 @@ class CodecModel:
         threads: int = 0,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         optimization: str = "all",
+        spinning: bool = False,
+        tile: int = TILE,
     ):
+        """threads: ONNX Runtime intra-op threads (0: one per physical core).  spinning: let idle
+        ORT threads busy-wait between ops (lower latency on an otherwise idle machine, wasted
+        CPU in a shared server).  tile: largest analysis/synthesis tile side in pixels."""
         self.path = Path(path)
         self.max_pixels = max_pixels
+        self.tile = tile
         self.manifest = self._verified_manifest()
         self.id: str = self.manifest["id"]
         self.sha256: str = self.manifest["sha256"]
@@ -88,6 +106,7 @@ class CodecModel:
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.graph_optimization_level = GRAPH_OPTIMIZATION[optimization]
         providers = list(providers or available_providers())
         try:
@@ -166,11 +185,45 @@ class CodecModel:
         return best
 
     def _analyse(self, images: list[np.ndarray], timings: dict[str, float] | None) -> np.ndarray:
+        """Same-padded-size images -> y (B,M,ph/16,pw/16), tile by tile for large images."""
         ph, pw = padded_size(*images[0].shape[:2])  # the same for the whole group
-        x = np.stack([np.pad(im, ((0, ph - im.shape[0]), (0, pw - im.shape[1]), (0, 0)), mode="edge") for im in images])
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-        with _timed(timings, "analysis"):
-            return self._sessions["analysis"].run(None, {"x": x})[0]
+        y = None
+        for r0, r1, a0, a1 in tile_spans(ph, self.tile):
+            for c0, c1, b0, b1 in tile_spans(pw, self.tile):
+                x = _input_tile(images, r0, r1, c0, c1)
+                with _timed(timings, "analysis"):
+                    t = self._sessions["analysis"].run(None, {"x": x})[0]
+                if (r1 - r0, c1 - c0) == (ph, pw):
+                    return t
+                if y is None:
+                    y = np.empty((len(images), t.shape[1], ph // STRIDE, pw // STRIDE), np.float32)
+                y[:, :, a0 // STRIDE : a1 // STRIDE, b0 // STRIDE : b1 // STRIDE] = t[
+                    :, :, (a0 - r0) // STRIDE : (a1 - r0) // STRIDE, (b0 - c0) // STRIDE : (b1 - c0) // STRIDE
+                ]
+        assert y is not None
+        return y
+
+    def _synthesise(
+        self, y_hat: np.ndarray, shapes: list[tuple[int, int]], timings: dict[str, float] | None
+    ) -> list[np.ndarray]:
+        """y_hat (B,M,h,w) -> HxWx3 uint8 images, tile by tile; no full-size float image is held."""
+        ph, pw = y_hat.shape[2] * STRIDE, y_hat.shape[3] * STRIDE
+        out = [np.empty((h, w, 3), np.uint8) for h, w in shapes]
+        for r0, r1, a0, a1 in tile_spans(ph, self.tile):
+            for c0, c1, b0, b1 in tile_spans(pw, self.tile):
+                if not any(a0 < h and b0 < w for h, w in shapes):
+                    continue  # a tile of padding only
+                with _timed(timings, "synthesis"):
+                    x = self._sessions["synthesis"].run(
+                        None, {"y_hat": y_hat[:, :, r0 // STRIDE : r1 // STRIDE, c0 // STRIDE : c1 // STRIDE]}
+                    )[0]
+                for j, (h, w) in enumerate(shapes):
+                    hh, ww = min(a1, h) - a0, min(b1, w) - b0
+                    if hh > 0 and ww > 0:
+                        t = x[j, :, a0 - r0 : a0 - r0 + hh, b0 - c0 : b0 - c0 + ww] * 255.0
+                        np.clip(np.rint(t, out=t), 0, 255, out=t)
+                        out[j][a0 : a0 + hh, b0 : b0 + ww] = t.transpose(1, 2, 0)
+        return out
 
     def _encode(
         self, y: np.ndarray, qs: list[int], shapes: list[tuple[int, int]], timings: dict[str, float] | None
@@ -178,7 +231,7 @@ class CodecModel:
         a = self._arrays
         y_g = y * np.stack([fixedpoint.interp_float(a["gain"], q) for q in qs])[:, :, None, None]
         with _timed(timings, "hyper_analysis"):
-            z = self._sessions["hyper_analysis"].run(None, {"y": y_g.astype(np.float32)})[0]
+            z = self._sessions["hyper_analysis"].run(None, {"y": y_g.astype(np.float32, copy=False)})[0]
         hg = np.stack([fixedpoint.interp_float(a["hgain"], q) for q in qs])[:, :, None, None]
         z_hat = np.clip(np.rint(z * hg), -entropy.SYMBOL_LIMIT, entropy.SYMBOL_LIMIT).astype(np.int64)
         with _timed(timings, "entropy_params"):
@@ -201,11 +254,9 @@ class CodecModel:
         out: list[np.ndarray] = [np.zeros(0)] * len(parsed)
         for idx in self._groups([(p.header.height, p.header.width) for p in parsed]):
             y_hat = self.decode_latents([parsed[i] for i in idx], timings)
-            with _timed(timings, "synthesis"):
-                x = self._sessions["synthesis"].run(None, {"y_hat": y_hat})[0]
-            for j, i in enumerate(idx):
-                h, w = parsed[i].header.height, parsed[i].header.width
-                out[i] = np.clip(np.rint(x[j, :, :h, :w] * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+            shapes = [(parsed[i].header.height, parsed[i].header.width) for i in idx]
+            for i, im in zip(idx, self._synthesise(y_hat, shapes, timings)):
+                out[i] = im
         return out
 
     def parse(self, data: bytes) -> bitstream.Bitstream:
@@ -264,3 +315,18 @@ class CodecModel:
         for i, (h, w) in enumerate(shapes):
             groups.setdefault(padded_size(h, w), []).append(i)
         return list(groups.values())
+
+
+def _input_tile(images: list[np.ndarray], r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Rows r0:r1, columns c0:c1 of the edge-padded images as float32 NCHW in [0, 1]: one
+    conversion pass, no padded uint8 or float copy of the whole image."""
+    x = np.empty((len(images), 3, r1 - r0, c1 - c0), np.float32)
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        if r1 <= h and c1 <= w:
+            src = im[r0:r1, c0:c1]
+        else:  # clipped indices repeat the last row/column: np.pad(mode="edge")
+            src = im[np.minimum(np.arange(r0, r1), h - 1)[:, None], np.minimum(np.arange(c0, c1), w - 1)]
+        x[i] = src.transpose(2, 0, 1)
+    x /= 255.0
+    return x
