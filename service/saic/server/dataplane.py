@@ -24,6 +24,7 @@ from saic.codec.errors import InvalidParameterError, ModelMismatchError
 from saic.codec.image import decode_image, encode_image
 from saic.codec.model import CodecModel, padded_size
 from saic.codec.registry import ModelRegistry
+from saic.semantics.latent import HeadRegistry
 
 from . import scoring
 from .batcher import Batcher, BatchKey
@@ -144,6 +145,9 @@ class DataPlane:
         for m in registry.models.values():
             metrics.provider_info.labels(m.id, m.provider).set(1)
             log.info("model %s (tag %04x, sha256 %s…) on %s", m.id, m.tag, m.sha256[:12], m.provider)
+        # compressed-domain heads (models/<codec>-latent-head/) for /v1/classify; a codec without one answers 501
+        self.heads = HeadRegistry(settings.model_dir, list(registry.models.values()),
+                                  providers=settings.ort_providers(), threads=settings.threads or None)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -188,6 +192,12 @@ class DataPlane:
         for m in self.registry.models.values():
             data = m.compress_batch([img], [self.settings.default_quality])[0]
             m.decompress_batch([data])
+            try:
+                head = self.heads.get(m)
+            except Exception:  # noqa: BLE001 - a broken head is reported by classify, not at start
+                head = None
+            if head is not None:
+                head.probabilities(m, [data])
         scorer, why = scoring.semantic_scorer()
         log.info(
             "warm-up done for %d model(s); score-si: %s",
@@ -311,9 +321,32 @@ class DataPlane:
         return result
 
     @_admitted
-    async def classify(self, data: bytes, *, top_k: int = 5, timeout: float | None = None) -> dict[str, Any]:
-        """Reserved: labels from the compressed domain, once saic.semantics provides the head."""
-        raise NotImplementedYetError("classify needs the compressed-domain head from saic.semantics (not in this build)")
+    async def classify(
+        self, data: bytes, *, top_k: int = 5, model: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Bitstream -> top-k class names with probabilities from the compressed domain: entropy
+        decoding + the codec's latent head (saic.semantics.latent), no synthesis, no pixels."""
+        start = time.perf_counter()
+        deadline = Deadline(self._timeout(timeout))
+        if isinstance(top_k, bool) or not 1 <= int(top_k) <= 100 or int(top_k) != top_k:
+            raise InvalidParameterError(f"top_k must be an integer in [1, 100], got {top_k!r}")
+        if model:
+            self.registry.get(model)  # UnknownModelError (404) before looking at the bytes
+        if not data:
+            raise EmptyBodyError("empty body: send the bitstream bytes")
+        data = bytes(data)
+        header = bs.read_header(data, max_pixels=self.settings.max_image_pixels)
+        m = self.registry.for_tag(header.model_tag)
+        if model and m.id != model:
+            raise ModelMismatchError(f"bitstream was written by model {m.id}, not {model}")
+        head = self.heads.get(m)
+        if head is None:
+            raise NotImplementedYetError(f"model {m.id} has no compressed-domain head (models/{m.id}-latent-head)")
+        m.parse(data)  # full length + CRC check: corrupt streams never reach a batch
+        key = BatchKey("classify", m.id, padded_size(header.height, header.width))
+        probs = await self.batcher.submit(key, data, deadline.remaining())
+        self.metrics.classify_seconds.labels(m.id).observe(time.perf_counter() - start)
+        return {"labels": head.top_k(probs, int(top_k)), "model": m.id, "head": head.id}
 
     # ------------------------------------------------------------------ internals
     def _timeout(self, timeout: float | None) -> float:
@@ -341,6 +374,10 @@ class DataPlane:
             out = [m.compress_to_bpp(rgb, bpp, timings) for rgb, bpp in payloads]
         elif key.op == "decompress":
             out = m.decompress_batch(list(payloads), timings)
+        elif key.op == "classify":
+            head = self.heads.get(m)
+            assert head is not None  # checked before queueing
+            out = list(head.probabilities(m, list(payloads), timings))
         else:  # pragma: no cover - programming error
             raise ValueError(f"unknown op {key.op}")
         self.metrics.observe_timings(timings)

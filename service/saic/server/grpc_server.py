@@ -131,9 +131,11 @@ class CodecServicer(pb_grpc.CodecServicer):
 
     async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext) -> pb.ClassifyResponse:
         async def work() -> pb.ClassifyResponse:
-            result = await self.dp.classify(request.bitstream, top_k=request.top_k or 5, timeout=context.time_remaining())
+            result = await self.dp.classify(
+                request.bitstream, top_k=request.top_k or 5, model=request.model or None, timeout=context.time_remaining()
+            )
             return pb.ClassifyResponse(
-                labels=[pb.Label(label=lb["label"], probability=lb["probability"]) for lb in result["labels"]],
+                labels=[pb.Label(label=lb["name"], probability=lb["probability"]) for lb in result["labels"]],
                 model=result.get("model", ""),
             )
 

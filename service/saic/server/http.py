@@ -72,6 +72,17 @@ class ModelsOut(BaseModel):
     default: str
 
 
+class LabelOut(BaseModel):
+    name: str = Field(description="tiny10 class name, e.g. dog")
+    probability: float = Field(ge=0, le=1)
+
+
+class ClassifyOut(BaseModel):
+    labels: list[LabelOut] = Field(description="top-k classes, most likely first (probabilities of the full softmax)")
+    model: str = Field(description="codec model that wrote the bitstream")
+    head: str = Field(description="compressed-domain head that classified it")
+
+
 class ScoreOut(BaseModel):
     si: float | None = Field(description="semantic information; null while semantics are unavailable")
     parts: dict[str, float | None]
@@ -392,13 +403,20 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> AS
 
     @app.post(
         "/v1/classify",
-        summary="Top-k labels from a bitstream (reserved; 501 until the semantics module provides it)",
-        responses=_error_responses(400, 401, 501),
+        summary="Top-k tiny10 labels from a bitstream, computed in the compressed domain (no pixels decoded)",
+        response_model=ClassifyOut,
+        responses=_error_responses(400, 401, 404, 409, 413, 415, 422, 429, 501, 503, 504),
         openapi_extra=_binary_body(["application/octet-stream"], "bitstream"),
     )
-    async def classify(request: Request, top_k: int = Query(5, ge=1, le=100)) -> dict[str, Any]:
+    async def classify(
+        request: Request,
+        top_k: int = Query(5, ge=1, le=100, description="number of labels (capped at the number of classes)"),
+        model: str | None = Query(None, description="fail with 409 unless the bitstream is this model's"),
+    ) -> dict[str, Any]:
         data = await _payload(request, ("bitstream", "file"), _is_bitstream_type)
-        return await dataplane.classify(data, top_k=top_k, timeout=_timeout_s(request))
+        return await _unless_client_gone(
+            request, dataplane.classify(data, top_k=top_k, model=model, timeout=_timeout_s(request))
+        )
 
     @app.get("/v1/models", summary="Loaded models", response_model=ModelsOut)
     async def models() -> dict[str, Any]:

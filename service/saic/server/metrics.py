@@ -68,6 +68,13 @@ class Metrics:
         self.semantic_information = Histogram(
             "saic_semantic_information", "Semantic information scores returned by score-si", buckets=SI_BUCKETS, registry=r
         )
+        self.classify_seconds = Histogram(
+            "saic_classify_seconds",
+            "Compressed-domain classification per request in the data plane (queue + entropy decoding + latent head)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         for proto in ("http", "grpc"):  # export zeros so dashboards see the series from the start
             self.inflight.labels(proto)
             self.received_bytes.labels(proto)
