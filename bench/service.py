@@ -5,7 +5,8 @@ concurrency levels, with dynamic batching on and off, against the codec called i
     python bench/service.py --size 256 --concurrency 1 8 32 --duration 10 --out runs/bench/service.json
 
 Each server is a real `saic serve` subprocess (port 0) so load generator and server do not
-share a GIL.  Clients are closed-loop (each sends its next request when the previous one is
+share a GIL.  Both servers (batching on and off) run side by side and every cell alternates
+between them in short slices, so a machine whose background load drifts biases neither.  Clients are closed-loop (each sends its next request when the previous one is
 answered).  All ratios come from one run:
   * batching gain  = throughput(batching on) / throughput(max_batch_size=1), same protocol and concurrency;
   * service overhead = service latency / in-process codec latency at concurrency 1, from
@@ -128,7 +129,16 @@ async def closed_loop(call: Callable[[bytes], Awaitable[None]], bodies: list[byt
     wall = time.perf_counter() - t0
     a = np.array(lat) if lat else np.array([np.nan])
     return {"requests": len(lat), "errors": errors, "seconds": wall, "throughput_rps": len(lat) / wall,
-            "p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3)}
+            "p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3), "latencies": lat}
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repetitions of one cell -> one result (throughput over the summed time, pooled percentiles)."""
+    lat = np.array([x for p in parts for x in p["latencies"]] or [np.nan])
+    n, secs = sum(p["requests"] for p in parts), sum(p["seconds"] for p in parts)
+    return {"requests": n, "errors": sum(p["errors"] for p in parts), "seconds": secs, "throughput_rps": n / secs,
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+            "repeats": len(parts)}
 
 
 async def run_http(url: str, bodies: list[bytes], conc: int, duration: float, min_req: int, quality: int) -> dict[str, float]:
@@ -160,26 +170,30 @@ async def run_grpc(target: str, bodies: list[bytes], conc: int, duration: float,
         return await closed_loop(call, bodies, conc, duration, min_req)
 
 
-def run_inprocess(model_dir: Path, bodies: list[bytes], duration: float, min_req: int, quality: int, batch: int) -> dict[str, float]:
-    """The codec called directly: decode PNG + compress, `batch` images per call."""
+def run_inprocess(model_dir: Path, bodies: list[bytes], duration: float, quality: int, batch: int,
+                  repeats: int) -> dict[str, dict[str, Any]]:
+    """The codec called directly (decode PNG + compress_batch), 1 image per call vs `batch` images
+    per call, alternating in `repeats` slices so background load hits both alike."""
     from saic.codec.image import decode_image
     from saic.codec.registry import ModelRegistry
 
     m = ModelRegistry(model_dir, providers=["CPUExecutionProvider"]).get()
     m.compress_batch([decode_image(bodies[0], 1 << 26)], [quality])  # warm-up
-    lat, n, i = [], 0, 0
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < duration or n < min_req:
-        group = [bodies[(i + k) % len(bodies)] for k in range(batch)]
-        i += batch
-        t = time.perf_counter()
-        m.compress_batch([decode_image(b, 1 << 26) for b in group], [quality] * batch)
-        lat.append(time.perf_counter() - t)
-        n += batch
-    wall = time.perf_counter() - t0
-    a = np.array(lat)
-    return {"requests": n, "errors": 0, "seconds": wall, "throughput_rps": n / wall,
-            "p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3)}
+    parts: dict[int, list[dict[str, Any]]] = {1: [], batch: []}
+    i = 0
+    for rep in range(repeats):
+        for b in ((1, batch) if rep % 2 == 0 else (batch, 1)):
+            lat, n = [], 0
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < duration / repeats or n < 2 * batch:
+                group = [bodies[(i + k) % len(bodies)] for k in range(b)]
+                i += b
+                t = time.perf_counter()
+                m.compress_batch([decode_image(x, 1 << 26) for x in group], [quality] * b)
+                lat.append(time.perf_counter() - t)
+                n += b
+            parts[b].append({"requests": n, "errors": 0, "seconds": time.perf_counter() - t0, "latencies": lat})
+    return {f"batch_{b}": merge(p) for b, p in parts.items()}
 
 
 def paired_overhead(model_dir: Path, srv: "Served", bodies: list[bytes], rounds: int, quality: int,
@@ -233,13 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--quality", type=int, default=50)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--duration", type=float, default=8.0, help="seconds per cell")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per cell and mode (split into --repeats slices)")
     ap.add_argument("--min-requests", type=int, default=16, help="per cell, even if the duration has passed")
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (server and in-process)")
     ap.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
     ap.add_argument("--overhead-rounds", type=int, default=20, help="interleaved rounds for the overhead measurement")
+    ap.add_argument("--repeats", type=int, default=4, help="alternating on/off slices per cell (drift control)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -248,38 +263,46 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# saic service benchmark: {source}, quality {args.quality}, {os.cpu_count()} CPUs, loopback", flush=True)
     results: dict[str, Any] = {"images": source, "cpus": os.cpu_count(), "cells": []}
 
-    inproc = run_inprocess(args.model_dir, bodies, args.duration, args.min_requests, args.quality, 1)
-    inproc_b = run_inprocess(args.model_dir, bodies, args.duration, args.min_requests, args.quality, args.max_batch_size)
-    results["in_process"] = {"batch_1": inproc, f"batch_{args.max_batch_size}": inproc_b}
-    print(f"in-process codec, 1 image/call:  {inproc['throughput_rps']:.2f} img/s, p50 {inproc['p50_ms']:.0f} ms", flush=True)
-    print(f"in-process codec, {args.max_batch_size} images/call: {inproc_b['throughput_rps']:.2f} img/s", flush=True)
+    results["load_average_start"] = os.getloadavg()
+    inp = run_inprocess(args.model_dir, bodies, args.duration, args.quality, args.max_batch_size, args.repeats)
+    results["in_process"] = inp
+    for k, v in inp.items():
+        print(f"in-process codec, {k.replace('_', ' ')}: {v['throughput_rps']:.2f} img/s, p50 {v['p50_ms']:.0f} ms/call",
+              flush=True)
 
     threads = ["--threads", str(args.threads)] if args.threads else []
     modes = {
         "on": ["--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms)],
         "off": ["--max-batch-size", "1"],
     }
-    for mode, flags in modes.items():
-        srv = Served(args.model_dir, flags + threads + ["--providers", "cpu"])
-        try:
-            if mode == "off":
-                results["overhead"] = paired_overhead(args.model_dir, srv, bodies, args.overhead_rounds, args.quality,
-                                                      args.protocols)
-            for proto in args.protocols:
-                for conc in args.concurrency:
-                    before = srv.metrics()
-                    fn = run_http if proto == "http" else run_grpc
-                    target = srv.http_url if proto == "http" else srv.grpc_target
-                    r = asyncio.run(fn(target, bodies, conc, args.duration, args.min_requests, args.quality))
-                    after = srv.metrics()
-                    r["mean_batch"] = _delta_mean_batch(before, after)
-                    r.update(protocol=proto, batching=mode, concurrency=conc)
+    servers = {mode: Served(args.model_dir, flags + threads + ["--providers", "cpu"]) for mode, flags in modes.items()}
+    try:
+        results["overhead"] = paired_overhead(args.model_dir, servers["off"], bodies, args.overhead_rounds, args.quality,
+                                              args.protocols)
+        for proto in args.protocols:
+            fn = run_http if proto == "http" else run_grpc
+            for conc in args.concurrency:
+                parts: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+                batches: dict[str, list[float]] = {"on": [], "off": []}
+                for rep in range(args.repeats):  # on/off alternate so drifting background load hits both
+                    for mode in (("on", "off") if rep % 2 == 0 else ("off", "on")):
+                        srv = servers[mode]
+                        target = srv.http_url if proto == "http" else srv.grpc_target
+                        before = srv.metrics()
+                        parts[mode].append(asyncio.run(fn(target, bodies, conc, args.duration / args.repeats,
+                                                          max(1, args.min_requests // args.repeats), args.quality)))
+                        batches[mode].append(_delta_mean_batch(before, srv.metrics()))
+                for mode in ("on", "off"):
+                    r = merge(parts[mode])
+                    r.update(protocol=proto, batching=mode, concurrency=conc, mean_batch=float(np.nanmean(batches[mode])))
                     results["cells"].append(r)
                     print(f"{proto:4s} batching {mode:3s} c={conc:3d}: {r['throughput_rps']:6.2f} req/s  "
                           f"p50 {r['p50_ms']:7.0f} ms  p99 {r['p99_ms']:7.0f} ms  mean batch {r['mean_batch']:.2f}  "
                           f"errors {r['errors']}", flush=True)
-        finally:
+    finally:
+        for srv in servers.values():
             srv.close()
+    results["load_average_end"] = os.getloadavg()
 
     print_summary(results, args)
     if args.out:
@@ -319,8 +342,12 @@ def print_summary(results: dict[str, Any], args: argparse.Namespace) -> None:
             print(f"| {proto} | {conc} | {on['throughput_rps']:.2f} | {off['throughput_rps']:.2f} | {gain:.2f}x | "
                   f"{on['p50_ms']:.0f} | {on['p99_ms']:.0f} | {off['p50_ms']:.0f} | {off['p99_ms']:.0f} | {on['mean_batch']:.2f} |")
     inp = results["in_process"]
-    print(f"\nin-process codec (decode PNG + compress_batch): 1 image/call {inp['batch_1']['throughput_rps']:.2f} img/s, "
-          f"{args.max_batch_size} images/call {inp[f'batch_{args.max_batch_size}']['throughput_rps']:.2f} img/s")
+    b1, bn = inp["batch_1"]["throughput_rps"], inp[f"batch_{args.max_batch_size}"]["throughput_rps"]
+    ratios["in_process_batching_gain"] = bn / b1
+    print(f"\nin-process codec (decode PNG + compress_batch): 1 image/call {b1:.2f} img/s, "
+          f"{args.max_batch_size} images/call {bn:.2f} img/s (x{bn / b1:.2f})")
+    la0, la1 = results["load_average_start"][0], results["load_average_end"][0]
+    print(f"1-minute load average on this {results['cpus']}-CPU machine: {la0:.1f} at start, {la1:.1f} at end")
     ov = results["overhead"]
     print(f"\nservice overhead at concurrency 1 (batching off), {ov['rounds']} interleaved rounds, "
           f"in-process p50 {ov['in_process_p50_ms']:.0f} ms:")
