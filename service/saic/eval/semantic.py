@@ -604,7 +604,10 @@ def plot_accuracy(doc: dict[str, Any], path: Path) -> Path:
         ax.axvline(HEADLINE_BPP, color="red", ls=":", lw=1)
         ax.text(HEADLINE_BPP, 0.02, " 0.125 bpp", color="red", fontsize=8, transform=ax.get_xaxis_transform())
         ax.set_xscale("log")
-        ax.set_xlabel("bits per pixel")
+        ticks = [0.125, 0.25, 0.5, 1, 2, 4, 8, 24]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("bits per pixel (log scale)")
         ax.set_ylabel(f"top-1 of the {title} on decoded images")
         ax.set_title(f"tiny10/test ({doc['dataset']['n_images']} images): {title}")
         ax.grid(True, which="both", alpha=0.3)
@@ -613,11 +616,12 @@ def plot_accuracy(doc: dict[str, Any], path: Path) -> Path:
     pts = [p for r in doc["codecs"].values() for p in r["points"]]
     y = [p["judge_top1"] for p in pts]
     corr = doc.get("correlations", {}).get("points", {})
-    for m, label, col in (("si", "SI", colors[0]), ("psnr", "PSNR", colors[1]), ("ms_ssim", "MS-SSIM", colors[2])):
+    for k, (m, label, marker) in enumerate((("si", "SI", "o"), ("psnr", "PSNR", "^"), ("ms_ssim", "MS-SSIM", "s"))):
         x = np.asarray([p[m] for p in pts], float)
-        rank = (np.argsort(np.argsort(x)) + 0.5) / len(x)
+        rank = (np.argsort(np.argsort(x)) + 0.5) / len(x) + (k - 1) * 0.006  # small offsets: equal ranks stay visible
         rho = corr.get(m, {}).get("spearman")
-        ax.scatter(rank, y, s=14, color=col, label=f"{label} (Spearman {rho:+.2f})" if rho is not None else label)
+        ax.scatter(rank, y, s=18, marker=marker, facecolors="none", edgecolors=colors[k],
+                   label=f"{label} (Spearman ρ {rho:+.2f})" if rho is not None else label)
     ax.set_xlabel("metric rank among operating points (0 = worst)")
     ax.set_ylabel("judge top-1")
     ax.set_title("does the metric rank points like the judge?")
