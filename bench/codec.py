@@ -2,14 +2,20 @@
 """CPU codec benchmark: saic vs Pillow AVIF and WebP at matched bpp.
 
 For a Kodak-size image (kodim01, 768×512) and a 4K image (3840×2160, tiled from the
-landscape Kodak images), measures encode and decode throughput (megapixels/s, median of
---reps runs after one warm-up), saic's per-stage times (the codec API's `timings`), and
-peak memory.  Every (codec, op, size) case runs in a fresh subprocess pinned to --threads
-CPUs, so its peak RSS (VmHWM) is that case's own.  AVIF and WebP qualities are chosen (by
-bisection on the Kodak-size image) to match saic's bpp at --quality.
+landscape Kodak images), measures encode and decode throughput in megapixels/s, both per
+wall-clock second and per CPU-second (the process's CPU time: on a shared, loaded machine
+the wall clock mostly measures the neighbours, CPU time what the codec itself costs),
+saic's per-stage times, the achieved GFLOP/s of its transforms against this core's
+measured float32 GEMM rate, and peak memory.  Every (codec, op, size) case runs in a fresh
+subprocess pinned to --threads CPUs, so its peak RSS (VmHWM) is that case's own; --rounds
+repeats the whole sequence in alternating codec order so drifting background load hits
+every codec alike, and ratios are taken between medians from the same run.  AVIF and WebP
+qualities are chosen (by bisection on the Kodak-size image) to match saic's bpp at
+--quality.  --before DIR adds "saic-before": the same cases run against another source
+tree (e.g. `git archive <commit> service | tar -x -C DIR`), for before/after in one run.
 
-    python bench/codec.py                 # full: kodak + 4k, 3 reps
-    python bench/codec.py --quick         # kodak only, 1 rep
+    python bench/codec.py                 # kodak + 4k
+    python bench/codec.py --quick         # kodak only, 1 round, 1 rep
     python bench/codec.py --json out.json # also write all numbers
 
 Without ../shared/data (or $SAIC_DATA_DIR) a synthetic natural-ish image is used instead.
@@ -18,6 +24,7 @@ Without ../shared/data (or $SAIC_DATA_DIR) a synthetic natural-ish image is used
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -26,14 +33,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("analysis", "hyper_analysis", "entropy_params", "entropy_encode", "entropy_decode", "synthesis")
 SIZES = {"kodak": (512, 768), "4k": (2160, 3840)}
+SAIC = ("saic", "saic-before")
 
 
 # --------------------------------------------------------------------------- images
@@ -118,15 +127,39 @@ def _reset_peak() -> bool:
         return False
 
 
+def _record_cpu_per_stage(model_module: Any) -> None:
+    """Make the codec's stage timer also record CPU seconds (as "cpu:<stage>"): bench only."""
+
+    @contextmanager
+    def timed(timings: dict[str, float] | None, stage: str) -> Iterator[None]:
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            if timings is not None:
+                timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - w
+                timings["cpu:" + stage] = timings.get("cpu:" + stage, 0.0) + time.process_time() - c
+
+    model_module._timed = timed
+
+
+def _saic_model(spec: dict[str, Any]) -> Any:
+    from saic.codec import model as model_module
+
+    _record_cpu_per_stage(model_module)
+    wanted = {"threads": int(spec["threads"]), "tile": spec.get("tile"), "spinning": spec.get("spinning")}
+    accepted = inspect.signature(model_module.CodecModel).parameters  # an older tree may lack some
+    kwargs = {k: v for k, v in wanted.items() if v is not None and k in accepted}
+    return model_module.CodecModel(spec["model"], providers=["CPUExecutionProvider"], **kwargs)
+
+
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     threads = int(spec["threads"])
     rgb, _ = bench_image(spec["size"])
     src = Path(spec["data"]) if spec.get("data") else None
     codec, op, reps = spec["codec"], spec["op"], int(spec["reps"])
-    if codec == "saic":
-        from saic.codec import load_model
-
-        model = load_model(spec["model"], threads=threads)
+    if codec in SAIC:
+        model = _saic_model(spec)
         if op == "encode":
             def run(t: dict[str, float]) -> bytes:
                 return model.compress_batch([rgb], [int(spec["quality"])], timings=t)[0]
@@ -155,24 +188,24 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     base_rss = _status_kb("VmRSS")
     exact_peak = _reset_peak()
     out = run({})  # warm-up (ORT allocations, caches)
-    seconds, stage_runs = [], []
+    seconds, cpu, stage_runs = [], [], []
     for _ in range(max(reps, 1)):
         t: dict[str, float] = {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = run(t)
         seconds.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         stage_runs.append(t)
     peak = _status_kb("VmHWM") if exact_peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result: dict[str, Any] = {
-        "seconds": statistics.median(seconds),
         "seconds_all": seconds,
+        "cpu_seconds_all": cpu,
+        "stage_runs": [r for r in stage_runs if r],
         "megapixels": rgb.shape[0] * rgb.shape[1] / 1e6,
         "peak_rss_mb": (peak or 0) / 1024,
         "setup_rss_mb": (base_rss or 0) / 1024,
         "peak_is_op_only": exact_peak,
     }
-    if stage_runs and stage_runs[0]:
-        result["stages"] = {k: statistics.median(r.get(k, 0.0) for r in stage_runs) for k in stage_runs[0]}
     if op == "encode":
         Path(spec["out"]).write_bytes(out)
         result["bytes"] = len(out)
@@ -180,20 +213,41 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def run_case(spec: dict[str, Any]) -> dict[str, Any]:
+def run_case(spec: dict[str, Any], nice: int) -> dict[str, Any]:
     """Run one case in a fresh interpreter pinned to `threads` CPUs; parse its JSON line."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(spec["threads"])
+    if spec.get("pythonpath"):
+        env["PYTHONPATH"] = spec["pythonpath"] + os.pathsep + env.get("PYTHONPATH", "")
     cpus = sorted(os.sched_getaffinity(0))[: int(spec["threads"])] if hasattr(os, "sched_getaffinity") else None
+
+    def setup() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        if nice:
+            os.nice(nice)
+
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, check=False,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-    )
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, preexec_fn=setup)
     if proc.returncode != 0:
         raise RuntimeError(f"case {spec['codec']} {spec['op']} {spec['size']} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one case -> medians over every timed repetition, the largest peak RSS."""
+    out = dict(runs[0])
+    out["seconds_all"] = [s for r in runs for s in r["seconds_all"]]
+    out["cpu_seconds_all"] = [s for r in runs for s in r["cpu_seconds_all"]]
+    out["seconds"] = statistics.median(out["seconds_all"])
+    out["cpu_seconds"] = statistics.median(out["cpu_seconds_all"])
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    stage_runs = [t for r in runs for t in r["stage_runs"]]
+    if stage_runs:
+        out["stages"] = {k: statistics.median(t.get(k, 0.0) for t in stage_runs) for k in stage_runs[0]}
+    out.pop("stage_runs")
+    return out
 
 
 # --------------------------------------------------------------------------- driver
@@ -212,10 +266,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, help="model directory (default: models/$(cat models/DEFAULT))")
     ap.add_argument("--quality", type=int, default=50, help="saic quality; AVIF/WebP are matched to its bpp")
     ap.add_argument("--sizes", default="kodak,4k", help="comma list of kodak,4k")
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per case (median reported)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per case and round (median reported)")
+    ap.add_argument("--reps-4k", type=int, default=1, help="timed repetitions of the 4k cases")
+    ap.add_argument("--rounds", type=int, default=2, help="passes over all cases, alternating codec order")
     ap.add_argument("--threads", type=int, default=1, help="CPUs (and codec threads) per case")
     ap.add_argument("--codecs", default="saic,avif,webp")
-    ap.add_argument("--quick", action="store_true", help="kodak size only, 1 rep")
+    ap.add_argument("--before", type=Path, help="source tree of an older saic (DIR/service/saic) to add as saic-before")
+    ap.add_argument("--tile", type=int, help="saic tile side (default: the codec's)")
+    ap.add_argument("--spinning", action="store_true", help="let saic's ORT threads spin")
+    ap.add_argument("--nice", type=int, default=5, help="niceness of the case processes (a shared machine)")
+    ap.add_argument("--quick", action="store_true", help="kodak size only, 1 round, 1 rep")
     ap.add_argument("--json", type=Path, help="write all numbers here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -223,78 +283,114 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
     if args.quick:
-        args.sizes, args.reps = "kodak", 1
+        args.sizes, args.reps, args.rounds = "kodak", 1, 1
     sizes = [s for s in args.sizes.split(",") if s]
     codecs = [c for c in args.codecs.split(",") if c]
+    if args.before:
+        codecs.insert(codecs.index("saic") + 1 if "saic" in codecs else 0, "saic-before")
     model = (args.model or default_model()).resolve()
-    results: dict[str, Any] = {"threads": args.threads, "reps": args.reps, "model": str(model), "sizes": {}}
     tmp = Path(tempfile.mkdtemp(prefix="saic-bench-"))
-    common = {"threads": args.threads, "reps": args.reps, "model": str(model)}
+    common = {"threads": args.threads, "model": str(model), "tile": args.tile, "spinning": args.spinning or None}
+    load = os.getloadavg()
+    results: dict[str, Any] = {"threads": args.threads, "reps": args.reps, "rounds": args.rounds, "model": str(model),
+                               "cpus": os.cpu_count(), "load_average_start": load, "sizes": {}}
+    print(f"# {os.cpu_count()} CPUs, load average {load[0]:.1f} at start; cases niced +{args.nice}", file=sys.stderr)
 
     # saic's bpp at --quality on the Kodak-size image sets the baselines' qualities
-    qualities = {"saic": args.quality}
     kodak_rgb, _ = bench_image("kodak")
-    first = None
-    if "saic" in codecs:
-        first = run_case({**common, "codec": "saic", "op": "encode", "size": sizes[0], "quality": args.quality,
-                          "out": str(tmp / f"saic-{sizes[0]}.bin")})
-        target = first["bpp"] if sizes[0] == "kodak" else None
-        if target is None:
-            probe = run_case({**common, "reps": 0, "codec": "saic", "op": "encode", "size": "kodak",
-                              "quality": args.quality, "out": str(tmp / "probe.bin")})
-            target = probe["bpp"]
+    qualities = {c: args.quality for c in codecs if c in SAIC}
+    if any(c in SAIC for c in codecs):
+        from saic.codec import load_model
+
+        target = 8 * len(load_model(model, threads=args.threads).compress_batch([kodak_rgb], [args.quality])[0])
+        target /= kodak_rgb.shape[0] * kodak_rgb.shape[1]
         for c in codecs:
-            if c != "saic":
+            if c not in SAIC:
                 qualities[c], _ = match_quality(c, kodak_rgb, target, args.threads)
     else:
         qualities.update({c: 50 for c in codecs})
     results["qualities"] = qualities
 
+    # the machine's own compute reference (same load as the cases) and the transforms' FLOPs
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from flops import cpu_sgemm_peak_gflops, transform_flops
+
+    results["cpu_sgemm_gflops"] = cpu_sgemm_peak_gflops()
     for size in sizes:
         _, desc = bench_image(size)
-        per: dict[str, Any] = {}
-        for c in codecs:
-            enc_out = tmp / f"{c}-{size}.bin"
-            spec = {**common, "codec": c, "size": size, "quality": qualities[c], "out": str(enc_out)}
-            enc = first if (c == "saic" and size == sizes[0] and first) else run_case({**spec, "op": "encode"})
-            dec = run_case({**spec, "op": "decode", "data": str(enc_out)})
-            per[c] = {"encode": enc, "decode": dec}
-            print(f"  {size:5s} {c:5s} q={qualities[c]:3d} bpp={enc['bpp']:.3f} "
-                  f"enc {enc['megapixels'] / enc['seconds']:.2f} MP/s dec {dec['megapixels'] / dec['seconds']:.2f} MP/s",
-                  file=sys.stderr)
-        results["sizes"][size] = {"image": desc, "codecs": per}
+        ph, pw = (-(-n // 64) * 64 for n in SIZES[size])
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {c: {"encode": [], "decode": []} for c in codecs}
+        reps = args.reps_4k if size == "4k" else args.reps
+        for rnd in range(args.rounds):
+            for c in (codecs if rnd % 2 == 0 else codecs[::-1]):
+                enc_out = tmp / f"{c}-{size}.bin"
+                spec = {**common, "codec": c, "size": size, "quality": qualities[c], "out": str(enc_out), "reps": reps}
+                if c == "saic-before":
+                    spec["pythonpath"] = str(args.before.resolve() / "service")
+                runs[c]["encode"].append(run_case({**spec, "op": "encode"}, args.nice))
+                runs[c]["decode"].append(run_case({**spec, "op": "decode", "data": str(enc_out)}, args.nice))
+                e, d = runs[c]["encode"][-1], runs[c]["decode"][-1]
+                print(f"  round {rnd} {size:5s} {c:11s} q={qualities[c]:3d} bpp={e['bpp']:.3f} "
+                      f"enc {e['megapixels'] / statistics.median(e['seconds_all']):.3f} MP/s "
+                      f"dec {d['megapixels'] / statistics.median(d['seconds_all']):.3f} MP/s", file=sys.stderr)
+        per = {c: {op: merge(r) for op, r in ops.items()} for c, ops in runs.items()}
+        results["sizes"][size] = {"image": desc, "codecs": per, "flops": transform_flops(model, ph, pw)}
+    results["load_average_end"] = os.getloadavg()
     print(report(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
 
 
+def _mps(r: dict[str, Any], key: str) -> float:
+    return r["megapixels"] / r[key] if r[key] > 0 else float("inf")
+
+
 def report(results: dict[str, Any]) -> str:
-    lines = [f"threads per case: {results['threads']}, median of {results['reps']} reps, qualities {results['qualities']}"]
+    la0, la1 = results["load_average_start"][0], results["load_average_end"][0]
+    lines = [f"{results['cpus']} CPUs, load average {la0:.1f} -> {la1:.1f}; threads per case: {results['threads']}; "
+             f"median of {results['reps']} reps x {results['rounds']} rounds; qualities {results['qualities']}",
+             f"single-core float32 GEMM on this machine: {results['cpu_sgemm_gflops']:.1f} GFLOP/s per CPU-second"]
     for size, block in results["sizes"].items():
         per = block["codecs"]
         lines += ["", f"## {size}: {block['image']}", "",
-                  "| codec | bpp | enc MP/s | dec MP/s | enc peak RSS MB | dec peak RSS MB | saic/x enc | saic/x dec |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        mps = {c: (r["encode"]["megapixels"] / r["encode"]["seconds"], r["decode"]["megapixels"] / r["decode"]["seconds"])
-               for c, r in per.items()}
+                  "MP/s = megapixels per wall second; MP/CPU-s = per second of the process's CPU time "
+                  "(what one uncontended core would give).  saic/x: saic's throughput over x's (>1: saic faster).", "",
+                  "| codec | bpp | enc MP/s | dec MP/s | enc MP/CPU-s | dec MP/CPU-s | enc peak RSS MB | dec peak RSS MB "
+                  "| saic/x enc | saic/x dec | saic/x enc (CPU) | saic/x dec (CPU) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for c, r in per.items():
-            e, d = mps[c]
-            ratio = ("%.2f" % (mps["saic"][0] / e), "%.2f" % (mps["saic"][1] / d)) if "saic" in mps else ("–", "–")
-            lines.append(f"| {c} | {r['encode']['bpp']:.3f} | {e:.2f} | {d:.2f} | {r['encode']['peak_rss_mb']:.0f} | "
-                         f"{r['decode']['peak_rss_mb']:.0f} | {ratio[0]} | {ratio[1]} |")
-        if "saic" in per:
-            lines += ["", "| saic stage | seconds | MP/s | share |", "|---|---:|---:|---:|"]
+            e, d = r["encode"], r["decode"]
+            row = [c, f"{e['bpp']:.3f}", f"{_mps(e, 'seconds'):.3f}", f"{_mps(d, 'seconds'):.3f}",
+                   f"{_mps(e, 'cpu_seconds'):.3f}", f"{_mps(d, 'cpu_seconds'):.3f}",
+                   f"{e['peak_rss_mb']:.0f}", f"{d['peak_rss_mb']:.0f}"]
+            if "saic" in per:
+                s = per["saic"]
+                row += [f"{_mps(s[op], k) / _mps(r[op], k):.2f}" for k in ("seconds", "cpu_seconds")
+                        for op in ("encode", "decode")]
+            else:
+                row += ["–"] * 4
+            lines.append("| " + " | ".join(row) + " |")
+        for c in (x for x in SAIC if x in per):
+            lines += ["", f"{c} stages (median seconds per image; MP/CPU-s and share of the op's CPU time)", "",
+                      "| stage | wall s | CPU s | MP/CPU-s | CPU share | GFLOP | GFLOP per CPU-s | of core GEMM peak |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|"]
             for op in ("encode", "decode"):
-                r = per["saic"][op]
+                r = per[c][op]
                 stages = r.get("stages", {})
                 for k in STAGES:
                     if k in stages:
-                        s = stages[k]
-                        lines.append(f"| {op}: {k} | {s:.3f} | {r['megapixels'] / s if s else float('inf'):.2f} | "
-                                     f"{s / r['seconds']:.0%} |")
-                other = r["seconds"] - sum(stages.values())
-                lines.append(f"| {op}: other (pad, pack, copies) | {other:.3f} | – | {other / r['seconds']:.0%} |")
+                        s, cs = stages[k], stages.get("cpu:" + k, float("nan"))
+                        f = block["flops"].get(k)
+                        rate = f / cs / 1e9 if f and cs > 0 else None
+                        lines.append(
+                            f"| {op}: {k} | {s:.3f} | {cs:.3f} | {r['megapixels'] / cs if cs > 0 else float('inf'):.2f} | "
+                            f"{cs / r['cpu_seconds']:.0%} | " + (f"{f / 1e9:.2f} | {rate:.1f} | "
+                            f"{rate / results['cpu_sgemm_gflops']:.0%} |" if rate else "– | – | – |"))
+                other_w = r["seconds"] - sum(v for k, v in stages.items() if not k.startswith("cpu:"))
+                other_c = r["cpu_seconds"] - sum(v for k, v in stages.items() if k.startswith("cpu:"))
+                lines.append(f"| {op}: other (pad, pack, copies) | {other_w:.3f} | {other_c:.3f} | – | "
+                             f"{other_c / r['cpu_seconds']:.0%} | – | – | – |")
     return "\n".join(lines)
 
 

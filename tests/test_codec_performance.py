@@ -91,3 +91,17 @@ def test_tiled_transforms_equal_untiled(model):
     assert tiled.compress_batch(imgs, [30, 80]) == data
     for a, b in zip(whole.decompress_batch(data), tiled.decompress_batch(data)):
         assert a.shape == (200, 290, 3) and np.array_equal(a, b)
+
+
+def test_provider_order_prefers_tensorrt_then_cuda_when_present(monkeypatch):
+    import onnxruntime as ort
+
+    from saic.codec.model import available_providers
+
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: gpu)
+    assert available_providers() == gpu[1:]
+    assert available_providers(tensorrt=True) == gpu
+    assert available_providers(prefer_gpu=False, tensorrt=True) == gpu[2:]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert available_providers(tensorrt=True) == ["CPUExecutionProvider"]

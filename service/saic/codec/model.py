@@ -36,10 +36,11 @@ GRAPH_OPTIMIZATION = {
 WEIGHT_FILES = ("analysis.onnx", "hyper_analysis.onnx", "synthesis.onnx", "entropy.npz")
 
 
-def available_providers(prefer_gpu: bool = True) -> list[str]:
-    """CUDA when onnxruntime offers it (and it is wanted), always CPU as the fallback."""
+def available_providers(prefer_gpu: bool = True, tensorrt: bool = False) -> list[str]:
+    """CUDA when onnxruntime offers it (and it is wanted), TensorRT before it when asked for
+    and present (onnxruntime-gpu built with TensorRT), always CPU as the fallback."""
     have = ort.get_available_providers()
-    wanted = ["CUDAExecutionProvider"] if prefer_gpu else []
+    wanted = ((["TensorrtExecutionProvider"] if tensorrt else []) + ["CUDAExecutionProvider"]) if prefer_gpu else []
     return [p for p in wanted if p in have] + ["CPUExecutionProvider"]
 
 
