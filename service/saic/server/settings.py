@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(16_777_216, ge=1, description="width*height above this is rejected before decoding")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1, description="request bodies above this are rejected (413)")
     max_stream_inflight: int = Field(16, ge=1, description="items in flight per gRPC bidirectional stream")
+    max_inflight_requests: int = Field(
+        256, ge=1, description="requests handled at once per protocol; more get 429 / RESOURCE_EXHAUSTED before "
+        "their body is read (bounds memory: at most this many bodies of max_body_bytes)"
+    )
     default_quality: int = Field(50, ge=0, le=100)
     # security
     api_key: SecretStr | None = Field(None, description="if set, required as 'Authorization: Bearer <key>' or x-api-key")
