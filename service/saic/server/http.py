@@ -114,11 +114,15 @@ def _binary_body(types: list[str], field: str) -> dict[str, Any]:
 class ObservedApp:
     """Outermost ASGI layer: API key, body-size limit, in-flight gauge, bytes, request count/latency."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, api_key: str | None = None):
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, api_key: str | None = None, max_inflight: int | None = None
+    ):
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key
+        self.max_inflight = max_inflight  # API requests at once (probes exempt); bounds bodies held in memory
+        self._inflight = 0
 
     def _authorized(self, scope: Scope) -> bool:
         if not self.api_key or scope["path"] in UNAUTHENTICATED_PATHS:
@@ -155,9 +159,15 @@ class ObservedApp:
             await send(msg)
 
         m.inflight.labels("http").inc()
+        counted = scope["path"] not in UNAUTHENTICATED_PATHS
+        self._inflight += counted
         try:
             length = dict(scope.get("headers", [])).get(b"content-length")
-            if not self._authorized(scope):
+            if self.max_inflight is not None and counted and self._inflight > self.max_inflight:
+                m.rejected.labels("too_many_inflight").inc()
+                exc = E.QueueFullError(f"more than {self.max_inflight} requests in flight; retry later")
+                await error_response(exc)(scope, receive, counting_send)
+            elif not self._authorized(scope):
                 await error_response(E.UnauthenticatedError("missing or wrong API key"))(scope, receive, counting_send)
             elif length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 exc = E.PayloadTooLargeError(f"body of {int(length)} bytes exceeds the limit of {self.max_body_bytes}")
@@ -165,6 +175,7 @@ class ObservedApp:
             else:
                 await self.app(scope, counting_receive, counting_send)
         finally:
+            self._inflight -= counted
             m.inflight.labels("http").dec()
             m.requests.labels(endpoint, "http", str(status["code"])).inc()
             m.request_duration.labels(endpoint, "http").observe(time.perf_counter() - start)
@@ -446,4 +457,4 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> AS
 
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     mount_demo(app)  # GET / -> the web demo (demo.py)
-    return ObservedApp(app, metrics, settings.max_body_bytes, api_key)
+    return ObservedApp(app, metrics, settings.max_body_bytes, api_key, settings.max_inflight_requests)
