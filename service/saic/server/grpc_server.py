@@ -292,6 +292,7 @@ def create_grpc_server(dataplane: DataPlane, metrics: Metrics, settings: Setting
         interceptors.append(ApiKeyInterceptor(settings.api_key.get_secret_value()))
     server = grpc.aio.server(
         interceptors=interceptors,
+        maximum_concurrent_rpcs=settings.max_inflight_requests,  # beyond: RESOURCE_EXHAUSTED at once
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
