@@ -63,3 +63,53 @@ def test_burst_beyond_capacity_is_refused_fast_and_recovers(registry: Any) -> No
             assert http.post("/v1/compress", content=PNG, headers={"content-type": "image/png"}).status_code == 200
             assert stub.Compress(pb.CompressRequest(image=PNG), timeout=60).width == 128
         channel.close()
+
+
+def test_inflight_cap_refuses_before_reading_bodies(registry: Any) -> None:
+    """Clients that open requests and stall (bodies never sent) hold at most max_inflight_requests
+    slots; the next request is refused at once, probes still answer, and slots free up again."""
+    import socket
+
+    settings = server_settings(max_inflight_requests=4)
+    with ServerThread(settings, registry) as srv, httpx.Client(base_url=srv.http_url, timeout=60) as http:
+        host, port = srv.http_url.removeprefix("http://").rsplit(":", 1)
+        stalled = []
+        for _ in range(4):
+            s = socket.create_connection((host, int(port)), timeout=30)
+            s.sendall(b"POST /v1/compress HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\nContent-Length: 500000\r\n\r\n")
+            stalled.append(s)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        r = http.post("/v1/compress", content=PNG, headers={"content-type": "image/png"})
+        assert r.status_code == 429 and r.json()["error"]["reason"] == "queue_full", r.text
+        assert time.monotonic() - t0 < 2
+        assert http.get("/readyz").status_code == 200  # probes are not counted
+        assert metric_value(http.get("/metrics").text, "saic_rejected_requests_total", reason="too_many_inflight") == 1
+
+        # gRPC: streams that never finish their upload hold slots the same way
+        with grpc.insecure_channel(srv.grpc_target) as ch:
+            stub = pb_grpc.CodecStub(ch)
+            import threading
+
+            hold = threading.Event()
+
+            def never_ending():  # noqa: ANN202
+                yield pb.UploadChunk(data=PNG[:100])
+                hold.wait(60)
+
+            uploads = [stub.CompressUpload.future(never_ending(), timeout=60) for _ in range(4)]
+            time.sleep(0.5)
+            try:
+                stub.ListModels(pb.ListModelsRequest(), timeout=10)
+                refused = None
+            except grpc.RpcError as exc:
+                refused = exc.code()
+            hold.set()
+            for u in uploads:
+                u.cancel()
+        assert refused == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        for s in stalled:
+            s.close()
+        time.sleep(0.5)
+        assert http.post("/v1/compress", content=PNG, headers={"content-type": "image/png"}).status_code == 200
