@@ -45,9 +45,11 @@ def test_score_si_and_classify(stub, photo_png, bitstream) -> None:
         assert not r.HasField("si") and r.note
     else:
         assert 0 <= r.si <= 1
-    with pytest.raises(grpc.RpcError) as e:
-        stub.Classify(pb.ClassifyRequest(bitstream=bitstream, top_k=3), timeout=10)
-    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    try:
+        labels = stub.Classify(pb.ClassifyRequest(bitstream=bitstream, top_k=3), timeout=30).labels
+        assert 1 <= len(labels) <= 3
+    except grpc.RpcError as e:  # a codec without a latent head
+        assert e.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_client_streaming_upload_in_chunks(stub, photo_png) -> None:
