@@ -55,3 +55,10 @@ def test_no_overlap_or_too_few_points_is_nan() -> None:
     assert math.isnan(bd_rate(RA[:3], PA[:3], RT, PT, "cubic"))
     assert overlap_fraction([0, 1], [2, 3]) == 0.0
     assert overlap_fraction([0, 2], [1, 3]) == pytest.approx(1 / 3)
+
+
+def test_rd_frontier_drops_inefficient_points() -> None:
+    from saic.eval.bd import rd_frontier
+
+    r, q = rd_frontier([1.0, 0.5, 2.0, 1.5, 0.25], [30.0, 28.0, 29.5, 31.0, 28.0])
+    assert r == [0.25, 1.0, 1.5] and q == [28.0, 30.0, 31.0]

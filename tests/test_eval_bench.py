@@ -32,11 +32,14 @@ def test_match_quality_hits_target(bench) -> None:
 
 def test_case_in_subprocess_and_report(bench, tmp_path: Path) -> None:
     common = {"threads": 1, "reps": 1, "model": "", "size": "kodak", "codec": "webp", "quality": 40}
-    enc = bench.run_case({**common, "op": "encode", "out": str(tmp_path / "x.webp")})
-    dec = bench.run_case({**common, "op": "decode", "data": str(tmp_path / "x.webp")})
+    enc = bench.merge([bench.run_case({**common, "op": "encode", "out": str(tmp_path / "x.webp")}, 0)])
+    dec = bench.merge([bench.run_case({**common, "op": "decode", "data": str(tmp_path / "x.webp")}, 0)])
     assert enc["megapixels"] == pytest.approx(0.393216)
     assert enc["bytes"] == (tmp_path / "x.webp").stat().st_size and 0 < enc["bpp"] < 8
-    assert dec["seconds"] > 0 and dec["peak_rss_mb"] > 10
-    text = bench.report({"threads": 1, "reps": 1, "qualities": {"webp": 40},
-                         "sizes": {"kodak": {"image": "test", "codecs": {"webp": {"encode": enc, "decode": dec}}}}})
+    assert dec["seconds"] > 0 and dec["cpu_seconds"] > 0 and dec["peak_rss_mb"] > 10
+    text = bench.report({
+        "threads": 1, "reps": 1, "rounds": 1, "qualities": {"webp": 40}, "cpus": 2, "cpu_sgemm_gflops": 1.0,
+        "load_average_start": (0.0, 0.0, 0.0), "load_average_end": (0.0, 0.0, 0.0),
+        "sizes": {"kodak": {"image": "test", "flops": {}, "codecs": {"webp": {"encode": enc, "decode": dec}}}},
+    })
     assert "| webp |" in text

@@ -45,12 +45,13 @@ def test_baselines_run_cache_and_report(image_dir: Path, tmp_path: Path) -> None
     for f in ("rd.json", "baselines_rd.json", "bd_rate.md", "rd.png"):
         assert (tmp_path / f).stat().st_size > 0
     assert "WebP" in (tmp_path / "bd_rate.md").read_text()
-    assert json.loads((tmp_path / "rd.json").read_text())["dataset"]["fingerprint"] == dataset_fingerprint(
-        list_images(image_dir))
+    saved = json.loads((tmp_path / "rd.json").read_text())
+    assert saved["dataset"]["fingerprint"] == dataset_fingerprint(list_images(image_dir))
+    assert saved["codecs"]["webp"]["points"][3]["psnr"] == pytest.approx(pts[3]["psnr"], abs=1e-6)
 
     # second run: baselines come from the cache (identical numbers and recorded run time)
     again = run_rd(image_dir, tmp_path, baselines=["jpeg420", "webp"], show_progress=False, plot=False)
-    assert again["codecs"]["webp"] == doc["codecs"]["webp"]
+    assert again["codecs"]["webp"] == saved["codecs"]["webp"]
     # a cache for other images is ignored
     other = tmp_path / "other"
     other.mkdir()
@@ -99,3 +100,25 @@ def test_our_model_through_rd(image_dir: Path, tmp_path: Path) -> None:
     assert set(doc["codecs"][ours]["stage_seconds"]) >= {"analysis", "synthesis"}
     assert doc["bd"]["ours"][0]["anchor"] == "jpeg420"
     assert np.isfinite(lo["ms_ssim"])
+
+
+def test_committed_kodak_baselines_match_the_data_and_grids() -> None:
+    """models/baselines/kodak_rd.json must be usable as a cache: same images, grids, settings."""
+    import os
+
+    from saic.eval.baselines import BASELINES
+    from saic.eval.rd import baseline_codec, load_cached_baselines
+
+    cache = REPO / "models" / "baselines" / "kodak_rd.json"
+    doc = json.loads(cache.read_text())
+    assert set(doc["codecs"]) == set(BASELINES)
+    for name, res in doc["codecs"].items():
+        bpp = [p["bpp"] for p in res["points"]]
+        psnrs = [p["psnr"] for p in res["points"]]
+        assert bpp == sorted(bpp) and psnrs == sorted(psnrs) and len(res["points"][0]["images"]) == 24
+    kodak = Path(os.environ.get("SAIC_DATA_DIR", REPO / "../shared/data")) / "kodak"
+    if not kodak.is_dir():
+        pytest.skip(f"Kodak data not found at {kodak}")
+    wanted = {n: baseline_codec(b) for n, b in BASELINES.items()}
+    found = load_cached_baselines([cache], dataset_fingerprint(list_images(kodak)), wanted)
+    assert set(found) == set(BASELINES)

@@ -90,6 +90,20 @@ def bd_quality(
 bd_psnr = bd_quality
 
 
+def rd_frontier(rates: Sequence[float], qualities: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The efficient points of an RD curve: sorted by rate, each with higher quality than every
+    cheaper point.  A point that costs more bits for less quality is never a sensible operating
+    point, and it would make rate-as-a-function-of-quality multivalued for BD-rate."""
+    pts = sorted(zip(rates, qualities))
+    out_r: list[float] = []
+    out_q: list[float] = []
+    for r, q in pts:
+        if not out_q or q > out_q[-1]:
+            out_r.append(float(r))
+            out_q.append(float(q))
+    return out_r, out_q
+
+
 def overlap_fraction(a: Sequence[float], b: Sequence[float]) -> float:
     """Overlap of two value ranges as a fraction of their union (0 = disjoint, 1 = identical)."""
     a_lo, a_hi = float(np.min(a)), float(np.max(a))

@@ -214,18 +214,21 @@ def bd_table(results: dict[str, dict[str, Any]], test: str, anchors: Sequence[st
     for a in anchors:
         if a not in results or a == test:
             continue
-        ra, pa = curve(results[a], "psnr")
-        rt, pt = curve(results[test], "psnr")
-        _, ma = curve(results[a], "ms_ssim_db")
-        _, mt = curve(results[test], "ms_ssim_db")
+        # BD on each curve's efficient points (see bd.rd_frontier), separately per metric
+        ra, pa = bd.rd_frontier(*curve(results[a], "psnr"))
+        rt, pt = bd.rd_frontier(*curve(results[test], "psnr"))
+        rma, ma = bd.rd_frontier(*curve(results[a], "ms_ssim_db"))
+        rmt, mt = bd.rd_frontier(*curve(results[test], "ms_ssim_db"))
         rows.append({
             "anchor": a,
             "test": test,
             "bd_rate_psnr_percent": bd.bd_rate(ra, pa, rt, pt),
-            "bd_rate_ms_ssim_percent": bd.bd_rate(ra, ma, rt, mt),
+            "bd_rate_ms_ssim_percent": bd.bd_rate(rma, ma, rmt, mt),
             "bd_psnr_db": bd.bd_psnr(ra, pa, rt, pt),
             "psnr_overlap": bd.overlap_fraction(pa, pt),
             "rate_overlap": bd.overlap_fraction(np.log10(ra), np.log10(rt)),
+            "points_used": {"anchor": len(ra), "test": len(rt), "of": [len(results[a]["points"]),
+                                                                     len(results[test]["points"])]},
         })
     return rows
 
@@ -326,20 +329,36 @@ def run_rd(
         "codecs": results,
     }
     base_names = [n for n in todo if n in results]
-    if base_names:  # refresh this folder's cache with every baseline we have
+    if any(c.name in todo for c in codecs):  # computed some baselines: refresh this folder's cache
         base_doc = dict(doc, codecs={n: results[n] for n in base_names})
-        own_cache.write_text(json.dumps(base_doc, indent=1, allow_nan=True))
+        write_json(own_cache, base_doc)
     # sanity check of the anchors themselves: each baseline (test) vs the first one (anchor)
     doc["bd"] = {"anchors": [row for n in base_names[1:] for row in bd_table(results, n, base_names[:1])]}
     if ours is not None:
         doc["bd"]["ours"] = bd_table(results, ours.name, base_names)
-    (out / "rd.json").write_text(json.dumps(doc, indent=1, allow_nan=True))
+    write_json(out / "rd.json", doc)
     (out / "bd_rate.md").write_text(bd_markdown(doc, ours.name if ours else None))
     if plot:
         from .plot import plot_rd
 
         plot_rd(doc, out / "rd.png")
     return doc
+
+
+def _rounded(obj: Any, digits: int = 6) -> Any:
+    """Floats rounded for storage (1e-6 is far below any metric's noise); keeps files small."""
+    if isinstance(obj, float):
+        return round(obj, digits) if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v, digits) for v in obj]
+    return obj
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Compact JSON with rounded floats (rd.json, baseline caches)."""
+    path.write_text(json.dumps(_rounded(doc), separators=(",", ":"), allow_nan=True) + "\n")
 
 
 def _fmt(v: float, unit: str = "") -> str:
@@ -368,6 +387,11 @@ def bd_markdown(doc: dict[str, Any], ours: str | None) -> str:
                 f"| {res[r[key]]['label']} | {_fmt(r['bd_rate_psnr_percent'], ' %')} | "
                 f"{_fmt(r['bd_rate_ms_ssim_percent'], ' %')} | {_fmt(r['bd_psnr_db'], ' dB')} | "
                 f"{r['psnr_overlap']:.0%} |")
+        dropped = [r for r in rows if r["points_used"]["test"] < r["points_used"]["of"][1]]
+        if dropped:
+            r = dropped[0]["points_used"]
+            lines.append(f"\n{res[dropped[0]['test']]['label']}: only {r['test']} of {r['of'][1]} points are "
+                         "efficient in PSNR (more bits, less quality for the rest); BD uses those.")
         lines.append("")
 
     if ours and doc["bd"].get("ours"):
