@@ -128,10 +128,19 @@ def weights_sha256(files: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{k}:{files[k]}\n" for k in sorted(files)).encode()).hexdigest()
 
 
+def save_resumable(model: VariableRateCodec, ck: dict, path: Path) -> None:
+    """Weights-only fp16 checkpoint (a third of the full one) for `train_codec --init`:
+    lets CPU training accumulate across sessions from the shipped model."""
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    keep = ("step", "wall_seconds", "hardware", "data")
+    torch.save({"model": state, "config": model.config.to_dict(), **{k: ck[k] for k in keep if k in ck}}, path)
+
+
 def export(ckpt: Path, out: Path, model_id: str) -> dict:
     model, ck = load_model(ckpt)
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
+    save_resumable(model, ck, out / "checkpoint.pt")
     export_onnx(model, out)
     np.savez_compressed(out / "entropy.npz", **entropy_arrays(model))
     files = {p: file_sha256(out / p) for p in [*GRAPHS, "entropy.npz"]}

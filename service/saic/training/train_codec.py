@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=CodecConfig.n)
     ap.add_argument("--m", type=int, default=CodecConfig.m)
     ap.add_argument("--log-every", type=int, default=200)
-    ap.add_argument("--save-every", type=int, default=1000)
+    ap.add_argument("--save-every", type=int, default=500)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     last = t0
     acc = np.zeros(3)
     n_acc = 0
-    while step < args.max_steps and time.time() - t0 < args.minutes * 60:
+    stop = []  # SIGTERM/SIGINT: finish the step, save, exit (nothing is lost)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(True))
+    while not stop and step < args.max_steps and time.time() - t0 < args.minutes * 60:
         x = torch.from_numpy(sampler.batch(args.batch)).to(dev).permute(0, 3, 1, 2).float() / 255
         t = torch.rand(args.batch, device=dev) * (levels - 1)
         out = model(x, t)
