@@ -29,6 +29,7 @@ from saic.semantics.latent import HeadRegistry
 from . import scoring
 from .batcher import Batcher, BatchKey
 from .errors import DeadlineExceededError, DrainingError, EmptyBodyError, NotAcceptableError, NotImplementedYetError
+from .errors import QueueFullError
 from .metrics import Metrics
 from .settings import Settings
 
@@ -172,6 +173,13 @@ class DataPlane:
         if not self.accepting:
             self.metrics.rejected.labels("draining").inc()
             raise DrainingError("server is shutting down")
+        # Refuse before any pre-processing when the queue plus the running batches are already
+        # spoken for: a 429 must not wait behind a backlog of image decodes (issue 7).
+        s = self.settings
+        capacity = s.max_queue_size + s.max_batch_size * s.batch_workers
+        if self._inflight >= capacity:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise QueueFullError(f"{self._inflight} requests in progress (queue and batches full); retry later")
         self._inflight += 1
         self._idle.clear()
 
