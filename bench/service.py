@@ -8,7 +8,9 @@ Each server is a real `saic serve` subprocess (port 0) so load generator and ser
 share a GIL.  Both servers (batching on and off) run side by side and every cell alternates
 between them in short slices, so a machine whose background load drifts biases neither.  Clients are closed-loop (each sends its next request when the previous one is
 answered).  All ratios come from one run:
-  * batching gain  = throughput(batching on) / throughput(max_batch_size=1), same protocol and concurrency;
+  * batching gain  = throughput(batching on) / throughput(max_batch_size=1), same protocol and concurrency,
+    and the same for server CPU time per request (read from /proc: on a shared machine whose
+    load drifts this is the steadier number; on a dedicated CPU-bound box throughput follows it);
   * service overhead = service latency / in-process codec latency at concurrency 1, from
     interleaved rounds (in-process, HTTP, gRPC on the same image) so background load hits all
     alike; also the paired median extra milliseconds per request.
@@ -91,6 +93,14 @@ class Served:
 
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used: unaffected by how busy the machine is."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+
     def metrics(self) -> str:
         import httpx
 
@@ -136,9 +146,10 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Repetitions of one cell -> one result (throughput over the summed time, pooled percentiles)."""
     lat = np.array([x for p in parts for x in p["latencies"]] or [np.nan])
     n, secs = sum(p["requests"] for p in parts), sum(p["seconds"] for p in parts)
+    cpu = sum(p.get("server_cpu_s", float("nan")) for p in parts)
     return {"requests": n, "errors": sum(p["errors"] for p in parts), "seconds": secs, "throughput_rps": n / secs,
             "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
-            "repeats": len(parts)}
+            "repeats": len(parts), "server_cpu_ms_per_request": 1e3 * cpu / max(n, 1)}
 
 
 async def run_http(url: str, bodies: list[bytes], conc: int, duration: float, min_req: int, quality: int) -> dict[str, float]:
@@ -251,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-requests", type=int, default=16, help="per cell, even if the duration has passed")
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--max-queue-delay-ms", type=float, default=5.0)
-    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (server and in-process)")
+    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads of the servers")
+    ap.add_argument("--batch-workers", type=int, default=1, help="concurrent batches per server")
     ap.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
     ap.add_argument("--overhead-rounds", type=int, default=20, help="interleaved rounds for the overhead measurement")
     ap.add_argument("--repeats", type=int, default=4, help="alternating on/off slices per cell (drift control)")
@@ -270,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"in-process codec, {k.replace('_', ' ')}: {v['throughput_rps']:.2f} img/s, p50 {v['p50_ms']:.0f} ms/call",
               flush=True)
 
-    threads = ["--threads", str(args.threads)] if args.threads else []
+    threads = (["--threads", str(args.threads)] if args.threads else []) + ["--batch-workers", str(args.batch_workers)]
     modes = {
         "on": ["--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms)],
         "off": ["--max-batch-size", "1"],
@@ -288,9 +300,11 @@ def main(argv: list[str] | None = None) -> int:
                     for mode in (("on", "off") if rep % 2 == 0 else ("off", "on")):
                         srv = servers[mode]
                         target = srv.http_url if proto == "http" else srv.grpc_target
-                        before = srv.metrics()
-                        parts[mode].append(asyncio.run(fn(target, bodies, conc, args.duration / args.repeats,
-                                                          max(1, args.min_requests // args.repeats), args.quality)))
+                        before, cpu0 = srv.metrics(), srv.cpu_seconds()
+                        part = asyncio.run(fn(target, bodies, conc, args.duration / args.repeats,
+                                              max(1, args.min_requests // args.repeats), args.quality))
+                        part["server_cpu_s"] = srv.cpu_seconds() - cpu0
+                        parts[mode].append(part)
                         batches[mode].append(_delta_mean_batch(before, srv.metrics()))
                 for mode in ("on", "off"):
                     r = merge(parts[mode])
@@ -298,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                     results["cells"].append(r)
                     print(f"{proto:4s} batching {mode:3s} c={conc:3d}: {r['throughput_rps']:6.2f} req/s  "
                           f"p50 {r['p50_ms']:7.0f} ms  p99 {r['p99_ms']:7.0f} ms  mean batch {r['mean_batch']:.2f}  "
-                          f"errors {r['errors']}", flush=True)
+                          f"server CPU {r['server_cpu_ms_per_request']:.1f} ms/req  errors {r['errors']}", flush=True)
     finally:
         for srv in servers.values():
             srv.close()
@@ -331,16 +345,20 @@ def _delta_mean_batch(before: str, after: str) -> float:
 
 def print_summary(results: dict[str, Any], args: argparse.Namespace) -> None:
     cells = {(c["protocol"], c["batching"], c["concurrency"]): c for c in results["cells"]}
-    print("\n| protocol | concurrency | batching on req/s | off req/s | gain on/off | p50 on ms | p99 on ms | p50 off ms | p99 off ms | mean batch |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| protocol | concurrency | batching on req/s | off req/s | gain on/off | p50 on ms | p99 on ms | p50 off ms "
+          "| p99 off ms | mean batch | server CPU ms/req on | off | CPU gain |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     ratios: dict[str, float] = {}
     for proto in args.protocols:
         for conc in args.concurrency:
             on, off = cells[(proto, "on", conc)], cells[(proto, "off", conc)]
             gain = on["throughput_rps"] / off["throughput_rps"]
+            cpu_gain = off["server_cpu_ms_per_request"] / on["server_cpu_ms_per_request"]
             ratios[f"batching_gain_{proto}_c{conc}"] = gain
+            ratios[f"batching_cpu_gain_{proto}_c{conc}"] = cpu_gain
             print(f"| {proto} | {conc} | {on['throughput_rps']:.2f} | {off['throughput_rps']:.2f} | {gain:.2f}x | "
-                  f"{on['p50_ms']:.0f} | {on['p99_ms']:.0f} | {off['p50_ms']:.0f} | {off['p99_ms']:.0f} | {on['mean_batch']:.2f} |")
+                  f"{on['p50_ms']:.0f} | {on['p99_ms']:.0f} | {off['p50_ms']:.0f} | {off['p99_ms']:.0f} | {on['mean_batch']:.2f} | "
+                  f"{on['server_cpu_ms_per_request']:.1f} | {off['server_cpu_ms_per_request']:.1f} | {cpu_gain:.2f}x |")
     inp = results["in_process"]
     b1, bn = inp["batch_1"]["throughput_rps"], inp[f"batch_{args.max_batch_size}"]["throughput_rps"]
     ratios["in_process_batching_gain"] = bn / b1
