@@ -99,3 +99,13 @@ def test_http_listener_disables_nagle() -> None:
             assert conn.proto == socket.IPPROTO_TCP
             assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         assert client.fileno() >= 0
+
+
+def test_service_never_imports_torch() -> None:
+    code = (
+        "import sys, saic.server.app, saic.server.cli, saic.client, saic.client.grpc, saic.cli\n"
+        "saic.cli.build_parser()\n"
+        "assert 'torch' not in sys.modules, [m for m in sys.modules if m.startswith('torch')][:5]\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
