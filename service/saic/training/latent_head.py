@@ -68,6 +68,8 @@ def build_latents(codec, out: Path, copies: int, seed: int, data: Path, cache: P
         "val": (np.repeat(va, len(VAL_QUALITIES)), np.tile(VAL_QUALITIES, len(va)), np.zeros(len(va) * len(VAL_QUALITIES), bool)),
     }
     result: dict[str, np.ndarray] = {}
+    spent_file = folder / "seconds.json"  # extraction time summed over invocations (chunks resume)
+    spent = json.loads(spent_file.read_text()) if spent_file.exists() else {}
     for split, (idx, qs, flips) in plan.items():
         parts = []
         for c in range(0, len(idx), CHUNK):
@@ -78,12 +80,15 @@ def build_latents(codec, out: Path, copies: int, seed: int, data: Path, cache: P
                 xb = np.where(flips[c : c + CHUNK, None, None, None], xb[:, :, ::-1], xb)
                 np.save(f.with_suffix(".tmp.npy"), encode_latents(codec, np.ascontiguousarray(xb), qs[c : c + CHUNK]))
                 f.with_suffix(".tmp.npy").rename(f)
+                spent[f.name] = time.time() - t0
+                spent_file.write_text(json.dumps(spent))
                 print(json.dumps({"latents": split, "chunk": c // CHUNK, "of": -(-len(idx) // CHUNK),
                                   "seconds": round(time.time() - t0, 1)}), flush=True)
             parts.append(np.load(f))
         result[f"{split}_y"] = np.concatenate(parts)
         result[f"{split}_labels"] = y_all[idx]
         result[f"{split}_q"] = qs.astype(np.int64)
+    result["seconds"] = np.float64(sum(spent.values()))
     return result
 
 
@@ -138,7 +143,7 @@ def train(model: LatentHeadNet, d: dict[str, np.ndarray], minutes: float, batch:
     while time.time() - t0 < budget:
         perm = torch.randperm(len(y_tr), generator=gen)
         model.train()
-        run = 0.0
+        run, n = 0.0, 0
         for j in range(0, len(perm) - batch + 1, batch):
             t = (time.time() - t0) / budget
             if t >= 1:
@@ -151,9 +156,10 @@ def train(model: LatentHeadNet, d: dict[str, np.ndarray], minutes: float, batch:
             loss.backward()
             opt.step()
             step += 1
+            n += 1
             run += loss.item()
-        epoch += 1
-        rec = {"epoch": epoch, "step": step, "loss": round(run / max(1, len(perm) // batch), 4),
+        epoch += 1  # the last one may be partial (the budget ran out): its loss is the mean of its steps
+        rec = {"epoch": epoch, "step": step, "loss": round(run / max(1, n), 4),
                "val_top1": round(top1(model, d["val_y"], d["val_labels"]), 4), "wall": round(time.time() - t0)}
         history.append(rec)
         print(json.dumps(rec), flush=True)
@@ -277,9 +283,8 @@ def main(argv: list[str] | None = None) -> None:
 
     codec = CodecModel(args.codec, threads=args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
     d = build_latents(codec, args.out, args.copies, args.seed, args.data or default_data_dir(), args.cache)
-    latent_seconds = time.time() - t0
+    latent_seconds = float(d.pop("seconds"))
     if args.latents_only:
         return
     y = d["train_y"].astype(np.float32)
