@@ -125,3 +125,23 @@ def test_subset_loader_keeps_class_order(tiny_root: Path) -> None:
     assert sub.names == full.names[::4] and sub.fingerprint != full.fingerprint
     with pytest.raises(FileNotFoundError):
         sem.load_tiny10(tiny_root / "missing", classes)
+
+
+def test_memo_classifier_gives_the_same_si_and_classifies_originals_once() -> None:
+    _need_models()
+    from saic.semantics.classifier import SemanticClassifier
+    from saic.semantics.si import SIScorer
+
+    task = SemanticClassifier(MODELS / "tiny10-classifier", threads=1)
+    originals = [make_photo(64, 64, seed=s) for s in range(3)]
+    decoded = [np.clip(o.astype(int) + 9, 0, 255).astype(np.uint8) for o in originals]
+    memo = sem.MemoClassifier(task, originals)
+    calls: list[int] = []
+    inner_predict = task.predict
+    task.predict = lambda ims: (calls.append(len(ims)), inner_predict(ims))[1]  # count classifier work
+    for _ in range(2):
+        a = SIScorer(memo).score_batch(originals, decoded)
+    assert calls == [6, 3]  # second round: only the decoded images
+    b = SIScorer(task).score_batch(originals, decoded)
+    assert [r.si for r in a] == pytest.approx([r.si for r in b], abs=1e-9)
+    assert memo.id == task.id and memo.classes == task.classes

@@ -194,6 +194,40 @@ def cached_streams(codec: EvalCodec, q: int, ds: Dataset, cache: Path) -> list[b
     return streams
 
 
+def _pixels_key(im: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).digest() + str(im.shape).encode()
+
+
+class MemoClassifier:
+    """A `SemanticClassifier` that classifies each of a fixed set of images (the originals) once.
+
+    `SIScorer.score_batch` runs the classifier on originals *and* decoded images; over ~25
+    operating points the originals would be classified 25 times.  Wrapping the classifier keeps
+    SI computed by `saic.semantics.si` itself; only outputs for `keep` images are remembered."""
+
+    def __init__(self, inner: Any, keep: Sequence[np.ndarray]):
+        self._inner = inner
+        self._keep = {_pixels_key(im) for im in keep}
+        self._memo: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __getattr__(self, name: str) -> Any:  # id, sha256, classes, head_weight, manifest, ...
+        return getattr(self._inner, name)
+
+    def predict(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        images = list(images)
+        keys = [_pixels_key(im) for im in images]
+        todo = [i for i, k in enumerate(keys) if k not in self._memo]
+        fresh: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if todo:
+            logits, feats = self._inner.predict([images[i] for i in todo])
+            for j, i in enumerate(todo):
+                fresh[i] = (logits[j], feats[j])
+                if keys[i] in self._keep:
+                    self._memo[keys[i]] = fresh[i]
+        out = [fresh[i] if i in fresh else self._memo[k] for i, k in enumerate(keys)]
+        return np.stack([o[0] for o in out]), np.stack([o[1] for o in out])
+
+
 @dataclass
 class Judges:
     """The instruments: SI scorer (task classifier inside), judge, optional per-codec heads."""
@@ -401,8 +435,8 @@ def run_semantic(
     judge = SemanticClassifier(judge_dir or REPO / "models" / "tiny10-judge", threads=threads)
     if task.classes != judge.classes:
         raise ValueError("task classifier and judge disagree on the class list")
-    j = Judges(SIScorer(task), judge)
     ds = load_tiny10(data_dir, task.classes, "test", every)
+    j = Judges(SIScorer(MemoClassifier(task, ds.images)), judge)  # type: ignore[arg-type]
     pixels = ds.images.shape[1] * ds.images.shape[2]
     codecs = [saic_codec(Path(m), grids.get(Path(m).name), threads) for m in models]
     codecs += [baseline_codec(b, grids.get(b)) for b in baselines]
