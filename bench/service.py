@@ -195,7 +195,7 @@ def run_inprocess(model_dir: Path, bodies: list[bytes], duration: float, quality
     for rep in range(repeats):
         for b in ((1, batch) if rep % 2 == 0 else (batch, 1)):
             lat, n = [], 0
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             while time.perf_counter() - t0 < duration / repeats or n < 2 * batch:
                 group = [bodies[(i + k) % len(bodies)] for k in range(b)]
                 i += b
@@ -203,8 +203,12 @@ def run_inprocess(model_dir: Path, bodies: list[bytes], duration: float, quality
                 m.compress_batch([decode_image(x, 1 << 26) for x in group], [quality] * b)
                 lat.append(time.perf_counter() - t)
                 n += b
-            parts[b].append({"requests": n, "errors": 0, "seconds": time.perf_counter() - t0, "latencies": lat})
-    return {f"batch_{b}": merge(p) for b, p in parts.items()}
+            parts[b].append({"requests": n, "errors": 0, "seconds": time.perf_counter() - t0, "latencies": lat,
+                             "server_cpu_s": time.process_time() - c0})  # this process is the "server" here
+    out = {f"batch_{b}": merge(p) for b, p in parts.items()}
+    for v in out.values():
+        v["cpu_ms_per_image"] = v.pop("server_cpu_ms_per_request")
+    return out
 
 
 def paired_overhead(model_dir: Path, srv: "Served", bodies: list[bytes], rounds: int, quality: int,
@@ -279,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     inp = run_inprocess(args.model_dir, bodies, args.duration, args.quality, args.max_batch_size, args.repeats)
     results["in_process"] = inp
     for k, v in inp.items():
-        print(f"in-process codec, {k.replace('_', ' ')}: {v['throughput_rps']:.2f} img/s, p50 {v['p50_ms']:.0f} ms/call",
-              flush=True)
+        print(f"in-process codec, {k.replace('_', ' ')}: {v['throughput_rps']:.2f} img/s, p50 {v['p50_ms']:.0f} ms/call, "
+              f"CPU {v['cpu_ms_per_image']:.1f} ms/img", flush=True)
 
     threads = (["--threads", str(args.threads)] if args.threads else []) + ["--batch-workers", str(args.batch_workers)]
     modes = {
@@ -362,18 +366,26 @@ def print_summary(results: dict[str, Any], args: argparse.Namespace) -> None:
     inp = results["in_process"]
     b1, bn = inp["batch_1"]["throughput_rps"], inp[f"batch_{args.max_batch_size}"]["throughput_rps"]
     ratios["in_process_batching_gain"] = bn / b1
+    ratios["in_process_batching_cpu_gain"] = inp["batch_1"]["cpu_ms_per_image"] / inp[f"batch_{args.max_batch_size}"]["cpu_ms_per_image"]
     print(f"\nin-process codec (decode PNG + compress_batch): 1 image/call {b1:.2f} img/s, "
-          f"{args.max_batch_size} images/call {bn:.2f} img/s (x{bn / b1:.2f})")
+          f"{args.max_batch_size} images/call {bn:.2f} img/s (x{bn / b1:.2f}); CPU per image "
+          f"{inp['batch_1']['cpu_ms_per_image']:.1f} vs {inp[f'batch_{args.max_batch_size}']['cpu_ms_per_image']:.1f} ms "
+          f"(x{ratios['in_process_batching_cpu_gain']:.2f})")
     la0, la1 = results["load_average_start"][0], results["load_average_end"][0]
     print(f"1-minute load average on this {results['cpus']}-CPU machine: {la0:.1f} at start, {la1:.1f} at end")
     ov = results["overhead"]
     print(f"\nservice overhead at concurrency 1 (batching off), {ov['rounds']} interleaved rounds, "
           f"in-process p50 {ov['in_process_p50_ms']:.0f} ms:")
+    cpu_in = inp["batch_1"]["cpu_ms_per_image"]
+    c1 = min(args.concurrency)
     for proto in args.protocols:
         o = ov[proto]
+        cpu_srv = cells[(proto, "off", c1)]["server_cpu_ms_per_request"]
         ratios[f"overhead_latency_ratio_{proto}"] = o["latency_ratio"]
+        ratios[f"overhead_cpu_ratio_{proto}"] = cpu_srv / cpu_in
         print(f"  {proto}: p50 {o['p50_ms']:.0f} ms = x{o['latency_ratio']:.3f} of in-process; "
-              f"paired median overhead {o['overhead_p50_ms']:+.1f} ms per request")
+              f"paired median overhead {o['overhead_p50_ms']:+.1f} ms per request; server CPU {cpu_srv:.1f} ms/request "
+              f"(c={c1}) vs in-process {cpu_in:.1f} ms/image = x{cpu_srv / cpu_in:.2f}")
     results["ratios"] = ratios
 
 
