@@ -1,7 +1,9 @@
 """tiny10 classifiers (task model + independent judge): data, augmentation, training.
 
-    nice -n 5 python -m saic.training.classifier --arch resnet --out runs/tiny10-classifier --minutes 25
-    nice -n 5 python -m saic.training.classifier --arch vgg    --out runs/tiny10-judge      --minutes 25
+    setsid nice -n 5 python -m saic.training.classifier --arch resnet --out runs/tiny10-classifier --budget-minutes 20
+    setsid nice -n 5 python -m saic.training.classifier --arch vgg --seed 1 --out runs/tiny10-judge --budget-minutes 12
+
+(Re-running the same command resumes from `<out>/ckpt.pt`; `<out>/train.log` has one JSON line per event.)
 
 Both models take x in [0, 1] (B,3,H,W), normalise inside, and end in
 global-average-pool -> one linear layer.  That shape makes the Grad-CAM / GSW channel

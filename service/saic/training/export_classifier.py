@@ -153,6 +153,9 @@ def model_card(m: dict, ck: dict, arch_desc: str, role: str) -> str:
 - Hardware: {'; '.join(ck['hardware'])}, `nice -n 5`, sharing a 2-core VM with a codec training run.
 - Wall time: {ck['wall_seconds'] / 60:.1f} min{cpu_desc(ck)}.
 
+Validation during training (always at 64x64, also while the early phases train at 32/48 px, which
+is why the curve is uneven until the last phase):
+
 | step | epoch | val top-1 | wall s |
 |---|---|---|---|
 {hist}
