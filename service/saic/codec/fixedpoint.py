@@ -76,8 +76,16 @@ class _Layer:
                 for dx in range(self.k):
                     cols6[:, :, :, dy, dx] = a[:, dy : dy + h, dx : dx + w]
             cols = cols6.reshape(b * h * w, -1)
-        out = cols @ self.matrix
-        out += self.offset
+        return self._requantise(cols @ self.matrix, self.offset, relu)
+
+    def channels_first(self, a: np.ndarray) -> np.ndarray:
+        """1x1 layer on NHWC a (B,H,W,C) -> (B,O,H,W): the product lands in NCHW, no transpose copy."""
+        b, h, w, c = a.shape
+        out = np.matmul(self.matrix.T, a.reshape(b, h * w, c).transpose(0, 2, 1))
+        return self._requantise(out, self.offset[:, None], relu=False).reshape(b, -1, h, w)
+
+    def _requantise(self, out: np.ndarray, offset: np.ndarray, relu: bool) -> np.ndarray:
+        out += offset
         if self.scale != 1.0:
             out *= self.scale
             np.floor(out, out=out)
@@ -105,15 +113,21 @@ def _shuffled(out: np.ndarray, b: int, h: int, w: int, pad: int) -> np.ndarray:
 class HyperSynthesis:
     """The integer hyper-synthesis of one model, its weights converted once at load.
 
-    Runs in NHWC (im2col copies whole pixels); results are identical to the NCHW reference
-    because every operand is an integer-valued float64 (exact at any summation order)."""
+    Runs in NHWC (im2col copies whole pixels; the last 1x1 layer writes NCHW directly);
+    results are identical to the NCHW reference because every operand is an integer-valued
+    float64 (exact at any summation order)."""
 
     def __init__(self, t: Mapping[str, np.ndarray]):
         self._inv_hgain = np.asarray(t["inv_hgain"])
-        self._thresholds = np.asarray(t["scale_thresholds"])
+        # scale index = searchsorted(thresholds, log_scale, "right"), tabulated over the thresholds' span
+        thresholds = np.asarray(t["scale_thresholds"])
+        self._lo, self._hi = int(thresholds[0]) - 1, int(thresholds[-1])
+        self._index = np.searchsorted(thresholds, np.arange(self._lo, self._hi + 1), side="right").astype(np.int32)
         self._c = [
             _Layer(t[f"c{i}_w"], t[f"c{i}_b"], int(t[f"c{i}_frac"]), shuffle=i in (2, 3)) for i in (1, 2, 3, 4)
         ]
+        if self._c[3].k != 1:
+            raise ValueError("the last hyper-synthesis layer must be 1x1 (entropy.npz c4_w)")
 
     def __call__(self, z_hat: np.ndarray, qualities: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """z_hat int (B,NZ,h,w) -> (means_int int64, scale_index int32) at (B,M,4h,4w).
@@ -132,12 +146,12 @@ class HyperSynthesis:
         a = self._c[0](a, relu=True).reshape(b, h, w, -1)
         a = np.pad(a, ((0, 0), (self._c[1].k // 2,) * 2, (self._c[1].k // 2,) * 2, (0, 0)))
         a = _shuffled(self._c[1](a, relu=True), b, h, w, self._c[2].k // 2)
-        a = _shuffled(self._c[2](a, relu=True), b, 2 * h, 2 * w, self._c[3].k // 2)
-        out = self._c[3](a, relu=False).reshape(b, 4 * h, 4 * w, -1).transpose(0, 3, 1, 2).astype(np.int64, order="C")
+        a = _shuffled(self._c[2](a, relu=True), b, 2 * h, 2 * w, 0)
+        out = self._c[3].channels_first(a)
         m = out.shape[1] // 2
-        means, log_scales = out[:, :m], out[:, m:]
-        index = np.searchsorted(self._thresholds, log_scales, side="right")
-        return means, index.astype(np.int32)
+        log_scales = np.clip(out[:, m:], self._lo, self._hi)
+        log_scales -= self._lo
+        return out[:, :m].astype(np.int64), self._index.take(log_scales.astype(np.intp))
 
 
 def hyper_synthesis(
