@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="saic-bench-"))
     common = {"threads": args.threads, "model": str(model), "tile": args.tile, "spinning": args.spinning or None}
     load = os.getloadavg()
-    results: dict[str, Any] = {"threads": args.threads, "reps": args.reps, "rounds": args.rounds, "model": str(model),
+    results: dict[str, Any] = {"threads": args.threads, "reps": args.reps, "reps_4k": args.reps_4k,
+                               "rounds": args.rounds, "model": str(model),
                                "cpus": os.cpu_count(), "load_average_start": load, "sizes": {}}
     print(f"# {os.cpu_count()} CPUs, load average {load[0]:.1f} at start; cases niced +{args.nice}", file=sys.stderr)
 
@@ -349,7 +350,8 @@ def _mps(r: dict[str, Any], key: str) -> float:
 def report(results: dict[str, Any]) -> str:
     la0, la1 = results["load_average_start"][0], results["load_average_end"][0]
     lines = [f"{results['cpus']} CPUs, load average {la0:.1f} -> {la1:.1f}; threads per case: {results['threads']}; "
-             f"median of {results['reps']} reps x {results['rounds']} rounds; qualities {results['qualities']}",
+             f"median of {results['reps']} reps (4k: {results.get('reps_4k', results['reps'])}) x {results['rounds']} "
+             f"rounds; qualities {results['qualities']} (matched on the Kodak-size image)",
              f"single-core float32 GEMM on this machine: {results['cpu_sgemm_gflops']:.1f} GFLOP/s per CPU-second"]
     for size, block in results["sizes"].items():
         per = block["codecs"]
