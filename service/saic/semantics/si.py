@@ -36,7 +36,7 @@ class SIParams:
     """Calibration (docs/si.md): each term is 0.5 at its reference distortion."""
 
     psnr0_db: float = 25.0  # P = 0.5 at 25 dB PSNR
-    e0: float = 0.1  # S = 0.5 at 10% relative GSW-weighted feature error (feature SNR 10 dB)
+    e0: float = 0.2  # S = 0.5 at 20% relative GSW-weighted feature error (feature SNR 7 dB)
     w_pixel: float = 0.25
     w_semantic: float = 0.5
     w_agreement: float = 0.25

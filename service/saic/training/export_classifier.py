@@ -120,7 +120,7 @@ def cpu_desc(ck: dict) -> str:
     return f" ({ck['cpu_seconds'] / 60:.1f} CPU-min of one thread)" if "cpu_seconds" in ck else ""
 
 
-def model_card(m: dict, ck: dict, arch_desc: str, role: str) -> str:
+def model_card(m: dict, ck: dict, arch_desc: str, role: str, note: str = "") -> str:
     cfg = ck["config"]
     acc = m["accuracy"]
     hist = "\n".join(f"| {h['step']} | {h['step'] / (cfg['n_train'] // cfg['batch']):.1f} | {h['val_top1']:.4f} | "
@@ -151,7 +151,7 @@ def model_card(m: dict, ck: dict, arch_desc: str, role: str) -> str:
 - {ck['step']} steps ({ck['step'] / (cfg['n_train'] // cfg['batch']):.1f} epochs), seed {cfg['seed']}; the schedule
   runs on budget progress ({cfg.get('budget_kind', 'wall')} time used / {cfg['budget_minutes']:g} min), not on a step count.
 - Hardware: {'; '.join(ck['hardware'])}, `nice -n 5`, sharing a 2-core VM with a codec training run.
-- Wall time: {ck['wall_seconds'] / 60:.1f} min{cpu_desc(ck)}.
+- Wall time: {ck['wall_seconds'] / 60:.1f} min{cpu_desc(ck)}.{chr(10) + '- ' + note if note else ''}
 
 Validation during training (always at 64x64, also while the early phases train at 32/48 px, which
 is why the curve is uneven until the last phase):
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--id", required=True)
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=Path("runs/cache"))
+    ap.add_argument("--note", default="", help="one more line for the model card's training section")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     model, ck = load_checkpoint(args.ckpt)
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
         "export_check": check,
     })
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    (args.out / "MODEL_CARD.md").write_text(model_card(manifest, ck, ARCH_DESC[ck["arch"]], ROLE.get(args.id, "")))
+    (args.out / "MODEL_CARD.md").write_text(model_card(manifest, ck, ARCH_DESC[ck["arch"]], ROLE.get(args.id, ""), args.note))
     print(json.dumps({"id": args.id, **acc, **check, "eval_seconds": round(time.time() - t0, 1)}))
 
 
