@@ -42,7 +42,7 @@ def test_accuracy_well_above_chance(model: C.SemanticClassifier) -> None:
     assert classes == model.classes
     logits, feats = model.predict(images)
     acc = float((logits.argmax(1) == labels).mean())
-    assert acc >= 0.45, f"{model.id}: top-1 {acc:.3f} on {len(labels)} test images (chance 0.10)"
+    assert acc >= 0.6, f"{model.id}: top-1 {acc:.3f} on {len(labels)} test images (chance 0.10)"
     # the manifest's full-test-set number is consistent with this sample (150 images: +-4 sigma)
     assert abs(acc - model.manifest["accuracy"]["test_top1"]) < 0.16
     assert feats.shape == (len(images), *model.feature_shape)
