@@ -108,7 +108,7 @@ def test_head_that_does_not_match_graph_refused(tmp_path: Path) -> None:
         w, b = h["weight"], h["bias"]
     np.savez(d / "head.npz", weight=w[::-1].copy(), bias=b)  # classes permuted
     m = json.loads((d / "manifest.json").read_text())
-    m["files"]["head.npz"] = C._sha256(d / "head.npz")
+    m["files"]["head.npz"] = C.file_sha256(d / "head.npz")
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ModelLoadError, match="reproduce"):
         C.SemanticClassifier(d)
@@ -127,4 +127,4 @@ def test_model_files_are_small() -> None:
         total = sum((d / name).stat().st_size for name in manifest["files"])
         assert total < 5 * 2**20, f"{d.name}: {total} bytes"
         assert (d / "MODEL_CARD.md").is_file()
-        assert manifest["sha256"] == C._sha256(d / "classifier.onnx")
+        assert manifest["sha256"] == C.file_sha256(d / "classifier.onnx")

@@ -56,11 +56,13 @@ def _pairs(src: str, dst: str | None, suffixes: set[str], new_suffix: str) -> li
     return [(src, dst or str(p.with_suffix(new_suffix)))]
 
 
-def _read(path: str) -> bytes:
+def read_input(path: str) -> bytes:
+    """A file's bytes, or stdin's for '-'."""
     return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
 
 
-def _write(path: str, data: bytes) -> None:
+def write_output(path: str, data: bytes) -> None:
+    """Write to a file, or to stdout for '-'."""
     if path == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -89,12 +91,12 @@ def _compress(args: argparse.Namespace) -> int:
     failed = 0
     for src, dst in _progress(pairs, "compress"):
         try:
-            rgb = decode_image(_read(src), max_pixels=model.max_pixels)
+            rgb = decode_image(read_input(src), max_pixels=model.max_pixels)
             if args.target_bpp is not None:
                 data = model.compress_to_bpp(rgb, args.target_bpp)
             else:
                 data = model.compress_batch([rgb], [50 if args.quality is None else args.quality])[0]
-            _write(dst, data)
+            write_output(dst, data)
             bpp = 8 * len(data) / (rgb.shape[0] * rgb.shape[1])
             msg = f"{src}: {rgb.shape[1]}x{rgb.shape[0]} -> {len(data)} bytes, {bpp:.4f} bpp"
             if not args.no_psnr:
@@ -117,11 +119,11 @@ def _decompress(args: argparse.Namespace) -> int:
     failed = 0
     for src, dst in _progress(pairs, "decompress"):
         try:
-            data = _read(src)
+            data = read_input(src)
             model = reg.for_tag(read_header(data).model_tag)
             rgb = model.decompress_batch([data])[0]
             fmt = args.format or (Path(dst).suffix.lstrip(".").lower() if dst != "-" else "png") or "png"
-            _write(dst, encode_image(rgb, fmt))
+            write_output(dst, encode_image(rgb, fmt))
             bpp = 8 * len(data) / (rgb.shape[0] * rgb.shape[1])
             print(f"{src}: {rgb.shape[1]}x{rgb.shape[0]}, {bpp:.4f} bpp -> {dst}", file=sys.stderr)
         except (SaicError, OSError) as exc:

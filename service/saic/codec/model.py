@@ -54,12 +54,18 @@ def _timed(timings: dict[str, float] | None, stage: str) -> Iterator[None]:
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed (model files are checked at every load)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def weights_sha256(files: dict[str, str]) -> str:
+    """One hash over the weight files' hashes, sorted by name (the bitstream tag is cut from it)."""
+    return hashlib.sha256("".join(f"{k}:{files[k]}\n" for k in sorted(files)).encode()).hexdigest()
 
 
 def padded_size(height: int, width: int) -> tuple[int, int]:
@@ -136,9 +142,9 @@ class CodecModel:
             p = self.path / name
             if not p.is_file():
                 raise ModelLoadError(f"{self.path}: missing {name}")
-            if _sha256(p) != files.get(name):
+            if file_sha256(p) != files.get(name):
                 raise ModelLoadError(f"{p}: sha256 does not match the manifest (corrupt or replaced file)")
-        combined = hashlib.sha256("".join(f"{k}:{files[k]}\n" for k in sorted(files)).encode()).hexdigest()
+        combined = weights_sha256(files)
         if combined != manifest.get("sha256") or int(combined[:4], 16) != manifest.get("tag"):
             raise ModelLoadError(f"{mpath}: sha256/tag do not match the weight files")
         return manifest
@@ -274,7 +280,7 @@ class CodecModel:
         (The compressed-domain classifier reads these.)"""
         a = self._arrays
         ph, pw = padded_size(items[0].header.height, items[0].header.width)
-        m, nz = a["gain"].shape[1], a["hgain"].shape[1]
+        nz = a["hgain"].shape[1]
         zs, decoders = [], []
         with _timed(timings, "entropy_decode"):
             for it in items:

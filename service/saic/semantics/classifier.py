@@ -15,7 +15,6 @@ matches its training distribution better than squashing the whole frame.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from saic.codec.errors import InvalidImageError, ModelLoadError
+from saic.codec.model import file_sha256
 
 MODEL_DIR_ENV = "SAIC_SEMANTIC_MODEL_DIR"
 DEFAULT_MODEL_ID = "tiny10-classifier"
@@ -62,14 +62,6 @@ def _check_image(im: np.ndarray) -> None:
             f"expected HxWx3 uint8 images, got {getattr(im, 'dtype', type(im))} {getattr(im, 'shape', '')}")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class SemanticClassifier:
     """One loaded classifier: `predict` uint8 images -> (logits, features), in batches."""
 
@@ -86,7 +78,7 @@ class SemanticClassifier:
             p = self.path / name
             if not p.is_file():
                 raise ModelLoadError(f"{p}: missing")
-            if _sha256(p) != files.get(name):
+            if file_sha256(p) != files.get(name):
                 raise ModelLoadError(f"{p}: sha256 does not match the manifest (corrupt or replaced file)")
         if self.manifest.get("sha256") != files["classifier.onnx"]:
             raise ModelLoadError(f"{mpath}: sha256 is not the hash of classifier.onnx")

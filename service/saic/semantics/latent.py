@@ -22,7 +22,6 @@ their accuracy is not measured.  numpy + onnxruntime only, no torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -35,7 +34,7 @@ import onnxruntime as ort
 
 from saic.codec import bitstream
 from saic.codec.errors import ModelLoadError, ModelMismatchError
-from saic.codec.model import CodecModel, padded_size
+from saic.codec.model import CodecModel, file_sha256, padded_size
 
 from .classifier import softmax
 
@@ -43,10 +42,6 @@ log = logging.getLogger("saic.semantics")
 
 KIND = "latent_head"
 ONNX_FILE = "latent_head.onnx"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _read_manifest(path: Path) -> dict[str, Any] | None:
@@ -68,7 +63,7 @@ class LatentHead:
         onnx_path = self.path / ONNX_FILE
         if not onnx_path.is_file():
             raise ModelLoadError(f"{onnx_path}: missing")
-        if _sha256(onnx_path) != manifest.get("files", {}).get(ONNX_FILE) or manifest.get("sha256") != manifest["files"][ONNX_FILE]:
+        if file_sha256(onnx_path) != manifest.get("files", {}).get(ONNX_FILE) or manifest.get("sha256") != manifest["files"][ONNX_FILE]:
             raise ModelLoadError(f"{onnx_path}: sha256 does not match the manifest (corrupt or replaced file)")
         self.manifest = manifest
         self.id: str = manifest["id"]

@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from saic.codec.cli import read_input, write_output
+
 STREAM_SUFFIX = ".saic"
 
 
@@ -147,18 +149,6 @@ def _client(args: argparse.Namespace) -> Any:
     return HttpClient(args.url, api_key=args.api_key, timeout=args.timeout, verify=verify)
 
 
-def _read(path: str) -> bytes:
-    return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-
-
-def _write(path: str, data: bytes) -> None:
-    if path == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-    else:
-        Path(path).write_bytes(data)
-
-
 def _guarded(fn: Any) -> Any:
     def wrapper(args: argparse.Namespace) -> int:
         from saic.client import ClientError
@@ -175,12 +165,12 @@ def _guarded(fn: Any) -> Any:
 
 @_guarded
 def _client_compress(args: argparse.Namespace) -> int:
-    data = _read(args.input)
+    data = read_input(args.input)
     with _client(args) as c:
         kw = {"quality": args.quality, "target_bpp": args.target_bpp, "model": args.model}
         res = c.compress_upload(data, **kw) if (args.upload and args.grpc) else c.compress(data, **kw)
     out = args.output or ("-" if args.input == "-" else str(Path(args.input).with_suffix(STREAM_SUFFIX)))
-    _write(out, res.bitstream)
+    write_output(out, res.bitstream)
     print(
         f"{args.input}: {res.width}x{res.height} -> {len(res.bitstream)} bytes, {res.bpp:.4f} bpp, "
         f"quality {res.quality}, model {res.model} -> {out}",
@@ -191,11 +181,11 @@ def _client_compress(args: argparse.Namespace) -> int:
 
 @_guarded
 def _client_decompress(args: argparse.Namespace) -> int:
-    data = _read(args.input)
+    data = read_input(args.input)
     with _client(args) as c:
         res = c.decompress(data, format=args.format, model=args.model)
     out = args.output or ("-" if args.input == "-" else str(Path(args.input).with_suffix("." + args.format)))
-    _write(out, res.image)
+    write_output(out, res.image)
     print(f"{args.input}: {res.width}x{res.height} {res.media_type} -> {out}", file=sys.stderr)
     return 0
 
@@ -203,8 +193,8 @@ def _client_decompress(args: argparse.Namespace) -> int:
 @_guarded
 def _client_score(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        kw = {"decoded": _read(args.decoded)} if args.decoded else {"bitstream": _read(args.bitstream)}
-        res = c.score_si(_read(args.original), **kw)
+        kw = {"decoded": read_input(args.decoded)} if args.decoded else {"bitstream": read_input(args.bitstream)}
+        res = c.score_si(read_input(args.original), **kw)
     print(res.json if args.grpc else json.dumps(res, indent=2))
     return 0
 

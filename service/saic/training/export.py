@@ -10,7 +10,6 @@ quantised CDF tables — so that every machine derives identical entropy-coder t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from scipy.stats import norm
 
 from saic.codec import fixedpoint as fp
+from saic.codec.model import file_sha256, weights_sha256
 
 from .model import SCALE_MAX, SCALE_MIN, VariableRateCodec
 from .train_codec import load_model
@@ -117,15 +117,6 @@ def export_onnx(model: VariableRateCodec, out: Path) -> None:
             dynamic_axes={inp: {0: "batch", 2: "height", 3: "width"}, outp: {0: "batch", 2: "height", 3: "width"}},
             dynamo=False,
         )
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def weights_sha256(files: dict[str, str]) -> str:
-    """One hash over the weight files' hashes, sorted by name (what the bitstream tag is cut from)."""
-    return hashlib.sha256("".join(f"{k}:{files[k]}\n" for k in sorted(files)).encode()).hexdigest()
 
 
 def save_resumable(model: VariableRateCodec, ck: dict, path: Path) -> None:
