@@ -88,6 +88,7 @@ def build_latents(codec, out: Path, copies: int, seed: int, data: Path, cache: P
         result[f"{split}_y"] = np.concatenate(parts)
         result[f"{split}_labels"] = y_all[idx]
         result[f"{split}_q"] = qs.astype(np.int64)
+        result[f"{split}_index"], result[f"{split}_flip"] = idx, flips
     result["seconds"] = np.float64(sum(spent.values()))
     return result
 
@@ -131,12 +132,35 @@ def top1(model: nn.Module, y: np.ndarray, labels: np.ndarray, batch: int = 1024)
     return correct / max(1, len(y))
 
 
+def teacher_logits(teacher_dir: Path, out: Path, d: dict[str, np.ndarray], data: Path, cache: Path) -> np.ndarray:
+    """Logits of a pixel classifier (onnxruntime) on exactly the (flipped) original images behind
+    each training latent; cached per teacher hash and latent set."""
+    from saic.semantics.classifier import SemanticClassifier
+
+    teacher = SemanticClassifier(teacher_dir, threads=1)
+    key = hashlib.sha256(d["train_index"].tobytes() + d["train_flip"].tobytes()).hexdigest()[:12]
+    f = out / f"teacher-{teacher.sha256[:12]}-{key}.npy"
+    if f.exists():
+        return np.load(f)
+    x_all, _ = load_split(data / "tiny10", "train", cache)
+    logits = []
+    for i in range(0, len(d["train_index"]), 512):
+        xb = x_all[d["train_index"][i : i + 512]]
+        xb = np.where(d["train_flip"][i : i + 512, None, None, None], xb[:, :, ::-1], xb)
+        logits.append(teacher.predict(np.ascontiguousarray(xb))[0])
+    np.save(f, np.concatenate(logits))
+    return np.load(f)
+
+
 def train(model: LatentHeadNet, d: dict[str, np.ndarray], minutes: float, batch: int, lr: float, wd: float,
-          seed: int) -> dict:
-    """Stage 2: AdamW, 10% warm-up then cosine over the wall-clock budget; returns the history."""
+          seed: int, teacher: np.ndarray | None = None, alpha: float = 0.7, temperature: float = 4.0) -> dict:
+    """Stage 2: AdamW, 10% warm-up then cosine over the wall-clock budget; returns the history.
+    With `teacher` logits: knowledge distillation, (1-alpha) * CE(labels) + alpha * T^2 * KL(teacher_T || student_T)
+    (Hinton et al. 2015): a pixel classifier's soft labels carry more than 10k hard labels do."""
     gen = torch.Generator().manual_seed(seed)
     y_tr = torch.from_numpy(d["train_y"].astype(np.float32))
     l_tr = torch.from_numpy(d["train_labels"])
+    t_tr = None if teacher is None else torch.from_numpy(teacher.astype(np.float32))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     budget, t0, step, epoch = minutes * 60, time.time(), 0, 0
     history = []
@@ -151,7 +175,12 @@ def train(model: LatentHeadNet, d: dict[str, np.ndarray], minutes: float, batch:
             for g in opt.param_groups:
                 g["lr"] = lr * (t / 0.1 if t < 0.1 else 0.5 * (1 + math.cos(math.pi * (t - 0.1) / 0.9)))
             idx = perm[j : j + batch]
-            loss = F.cross_entropy(model(y_tr[idx]), l_tr[idx], label_smoothing=0.1)
+            logits = model(y_tr[idx])
+            loss = F.cross_entropy(logits, l_tr[idx], label_smoothing=0.1)
+            if t_tr is not None:
+                kd = F.kl_div(F.log_softmax(logits / temperature, 1), F.log_softmax(t_tr[idx] / temperature, 1),
+                              reduction="batchmean", log_target=True)
+                loss = (1 - alpha) * loss + alpha * temperature**2 * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -218,6 +247,15 @@ def export(model: LatentHeadNet, codec, out: Path, d: dict[str, np.ndarray], rec
     return manifest
 
 
+def distill_line(c: dict) -> str:
+    if not c.get("distill"):
+        return ""
+    return (f"\n- Knowledge distillation from the task classifier `{c['distill_id']}` (sha256 `{c['distill_sha256'][:12]}…`, "
+            f"{c['distill_test_top1']} test top-1 on pixels): loss = {1 - c['alpha']:g}·CE(labels) + {c['alpha']:g}·T²·KL(teacher‖head) "
+            f"at T = {c['temperature']:g}, the teacher seeing the same (flipped) original image as the latent.  "
+            "The judge is never used in training.")
+
+
 def model_card(m: dict, rec: dict) -> str:
     c = rec["config"]
     hist = "\n".join(f"| {h['epoch']} | {h['step']} | {h['loss']} | {h['val_top1']:.4f} | {h['wall']} |" for h in rec["history"])
@@ -244,7 +282,7 @@ transform, no pixels.  Runtime: `saic.semantics.latent`; served by POST /v1/clas
 
 ## Training
 - AdamW lr {c['lr']}, weight decay {c['wd']}, batch {c['batch']}, label smoothing 0.1, 10% warm-up then
-  cosine over a {c['minutes']:g}-minute wall-clock budget; {rec['steps']} steps, {rec['epochs']} epochs, seed {c['seed']}.
+  cosine over a {c['minutes']:g}-minute wall-clock budget; {rec['steps']} steps, {rec['epochs']} epochs, seed {c['seed']}.{distill_line(c)}
 - Hardware: {rec['hardware']}, `nice -n 5`, shared 2-core VM (codec training running beside it).
 - Wall time: training {rec['wall_seconds'] / 60:.1f} min; latent extraction {rec['latent_seconds'] / 60:.1f} min.
 
@@ -275,6 +313,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--distill", type=Path, default=None,
+                    help="teacher classifier dir (e.g. models/tiny10-classifier) for knowledge distillation; never the judge")
+    ap.add_argument("--alpha", type=float, default=0.7, help="weight of the distillation term")
+    ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--latents-only", action="store_true", help="stop after stage 1")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -291,9 +333,18 @@ def main(argv: list[str] | None = None) -> None:
     mean, std = y.mean(axis=(0, 2, 3)), y.std(axis=(0, 2, 3)) + 1e-3
     model = LatentHeadNet(y.shape[1], mean, std, args.width, dropout=args.dropout)
     del y
-    rec = train(model, d, args.minutes, args.batch, args.lr, args.wd, args.seed)
+    teacher = None
+    if args.distill is not None:
+        t0 = time.time()
+        teacher = teacher_logits(args.distill, args.out, d, args.data or default_data_dir(), args.cache)
+        print(json.dumps({"teacher": str(args.distill), "seconds": round(time.time() - t0)}), flush=True)
+    rec = train(model, d, args.minutes, args.batch, args.lr, args.wd, args.seed, teacher, args.alpha, args.temperature)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config.update(n_train=int(len(d["train_y"])), n_train_images=int(len(d["train_y"]) // args.copies))
+    if args.distill is not None:
+        tm = json.loads((args.distill / "manifest.json").read_text())
+        config.update(distill_id=tm["id"], distill_sha256=tm["sha256"],
+                      distill_test_top1=tm.get("accuracy", {}).get("test_top1"))
     rec.update(config=config, latent_seconds=round(latent_seconds),
                hardware=f"{platform.machine()} cpu, {args.threads} thread(s), torch {torch.__version__}")
     torch.save({"model": model.state_dict(), "record": rec}, args.out / "ckpt.pt")
