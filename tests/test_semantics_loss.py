@@ -75,6 +75,19 @@ def test_several_layers_and_plain_form(clf: torch.nn.Module) -> None:
                                                    reduction="none"), plain)
 
 
+def test_uniform_weighting_is_the_plain_feature_loss(clf: torch.nn.Module) -> None:
+    x = torch.rand(2, 3, 32, 32)
+    x_hat = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    with torch.no_grad():
+        a, a_hat = clf.body(clf.norm(x)), clf.body(clf.norm(x_hat))
+    rel = (a - a_hat).pow(2).sum(dim=(1, 2, 3)) / a.pow(2).sum(dim=(1, 2, 3))
+    u = semantic_distortion(clf, x, x_hat, reduction="none", weighting="uniform")
+    torch.testing.assert_close(u, rel)
+    assert not torch.allclose(u, semantic_distortion(clf, x, x_hat, reduction="none"))  # GSW weighs channels
+    with pytest.raises(ValueError, match="weighting"):
+        semantic_distortion(clf, x, x_hat, weighting="cam")
+
+
 def test_mode_restored_and_errors(clf: torch.nn.Module) -> None:
     x = torch.rand(1, 3, 32, 32)
     clf.train()

@@ -152,6 +152,8 @@ def export(ckpt: Path, out: Path, model_id: str) -> dict:
             "wall_seconds": round(float(ck.get("wall_seconds", 0.0))),
             "hardware": ck.get("hardware", []),
             "data": ck.get("data", []),
+            # SAIC fine-tunes (train_saic) also record their semantic loss and starting point
+            **{k: ck[k] for k in ("beta", "weighting", "layers", "classifier", "init", "base_step") if k in ck},
         },
     }
     old = out / "manifest.json"

@@ -17,6 +17,9 @@ so the training loss and the reported metric measure the same thing.  The relati
 is scale-free across layers and images; the plain form is the paper's weighted MSE.
 Gradients flow into x_hat only; the classifier is run in eval mode (BatchNorm statistics
 frozen) and its parameters receive no gradient from this function's GSW pass.
+
+`weighting="uniform"` replaces GSW by g_lk = 1/C (a plain feature loss): the ablation that
+shows what the gradient weights add.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 
 DEFAULT_LAYERS = ("body",)
+WEIGHTINGS = ("gsw", "uniform")
 
 
 def _capture(model: nn.Module, layers: Sequence[str], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -72,16 +76,35 @@ def gsw(classifier: nn.Module, x: torch.Tensor, labels: torch.Tensor | None = No
     return weights, [a.detach() for a in acts]
 
 
+def uniform_weights(classifier: nn.Module, x: torch.Tensor,
+                    layers: Sequence[str] = DEFAULT_LAYERS) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Like `gsw`, but every channel weighs 1/C: the plain feature loss of the ablation."""
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        with torch.no_grad():
+            _, acts = _capture(classifier, layers, x)
+    finally:
+        classifier.train(was_training)
+    return [torch.full(a.shape[:2], 1.0 / a.shape[1], device=a.device) for a in acts], acts
+
+
 def semantic_distortion(classifier: nn.Module, x: torch.Tensor, x_hat: torch.Tensor, labels: torch.Tensor | None = None,
                         layers: Sequence[str] = DEFAULT_LAYERS, normalize: bool = True,
-                        reduction: str = "mean") -> torch.Tensor:
+                        reduction: str = "mean", weighting: str = "gsw") -> torch.Tensor:
     """GSW-weighted feature distance between x and x_hat (both (B,3,H,W) in [0,1]).
 
     `classifier`: a frozen torch classifier mapping x in [0,1] to logits (e.g.
     `saic.training.classifier.load_checkpoint(...)[0]` with requires_grad_(False));
     `layers`: names from `classifier.named_modules()` whose outputs (B,C,h,w) are compared.
+    `weighting`: "gsw" (the paper's) or "uniform" (plain feature loss, for the ablation).
     Returns a scalar (reduction="mean") or per-sample values (reduction="none")."""
-    weights, ref = gsw(classifier, x, labels, layers)
+    if weighting == "gsw":
+        weights, ref = gsw(classifier, x, labels, layers)
+    elif weighting == "uniform":
+        weights, ref = uniform_weights(classifier, x, layers)
+    else:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, not {weighting!r}")
     was_training = classifier.training
     classifier.eval()
     try:

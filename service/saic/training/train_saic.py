@@ -20,7 +20,7 @@ import torch
 
 from .classifier import default_data_dir, load_checkpoint, load_split, train_val_split
 from .model import CodecConfig, VariableRateCodec
-from .semantic_loss import semantic_distortion
+from .semantic_loss import WEIGHTINGS, semantic_distortion
 from .train_codec import load_model, save_checkpoint
 
 # lower than the photo model's: a 64x64 image at 0.125 bpp has 64 bytes in all
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--beta", type=float, default=300.0, help="weight of the semantic term (0: MSE twin)")
     ap.add_argument("--layers", nargs="+", default=["body"], help="classifier layers compared")
-    ap.add_argument("--plain", action="store_true", help="ablation: uniform channel weights instead of GSW")
+    ap.add_argument("--weighting", choices=WEIGHTINGS, default="gsw",
+                    help="channel weights of the semantic term: gsw (SAIC) or uniform (plain feature loss, ablation)")
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--minutes", type=float, default=1e9)
     ap.add_argument("--batch", type=int, default=16)
@@ -57,20 +58,11 @@ def main(argv: list[str] | None = None) -> None:
         step = 0
     extra = {
         "init": str(args.init), "classifier": str(args.classifier), "beta": args.beta, "layers": args.layers,
-        "plain": args.plain, "data": "tiny10/train (validation split excluded)", "base_step": ck.get("base_step", ck["step"]),
+        "weighting": args.weighting, "data": "tiny10/train (validation split excluded)", "base_step": ck.get("base_step", ck["step"]),
         "hardware": ck.get("hardware", []), "wall_seconds": float(ck.get("wall_seconds", 0.0)) if step else 0.0,
     }
     clf, _ = load_checkpoint(args.classifier)
     clf.requires_grad_(False)
-    if args.plain:  # ablation: every channel of the compared layers weighs the same
-        import saic.training.semantic_loss as sl
-
-        def uniform(classifier, x, labels=None, layers=sl.DEFAULT_LAYERS, normalize=True):
-            _, acts = sl._capture(classifier, layers, x)
-            return [torch.full(a.shape[:2], 1.0 / a.shape[1]) for a in acts], [a.detach() for a in acts]
-
-        sl.gsw = uniform
-
     x_all, y_all = load_split(default_data_dir() / "tiny10", "train", Path("runs/cache"))
     train_idx, _ = train_val_split(y_all)
     rng = np.random.default_rng(args.seed + step)
@@ -93,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         bits = -(out["y_lik"].log2().flatten(1).sum(1) + out["z_lik"].log2().flatten(1).sum(1))
         bpp = bits / (h * w)
         mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
-        sem = (semantic_distortion(clf, x, out["x_hat"].clamp(0, 1), labels, args.layers, reduction="none")
+        sem = (semantic_distortion(clf, x, out["x_hat"].clamp(0, 1), labels, args.layers,
+                                   reduction="none", weighting=args.weighting)
                if args.beta > 0 else torch.zeros_like(mse))
         loss = (bpp + lam * (255**2 * mse + args.beta * sem)).mean()
         opt.zero_grad(set_to_none=True)
