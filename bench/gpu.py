@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """GPU benchmark: images/s of the saic transforms and of the whole codec at batch 1/8/32, the
 transforms' achieved TFLOP/s against the device's peak, and (with --fp16) the speed and the
-Kodak quality cost of float16 transforms.
+Kodak quality cost of the model's float16 graphs (analysis_fp16.onnx, synthesis_fp16.onnx).
 
 Needs onnxruntime-gpu (`pip install -e .[gpu]`; it replaces the CPU-only onnxruntime wheel)
 and a CUDA device.  Without one it says so and exits 0 (the CI and CPU-only machines);
@@ -66,33 +66,6 @@ def device_peaks(name: str) -> tuple[float, float, float] | None:
     return None
 
 
-def to_fp16(onnx_bytes: bytes) -> bytes:
-    """The same graph with float16 weights and activations, float32 at its input and output
-    (so the codec's interface is unchanged).  The transforms' activations stay below ~30 on
-    Kodak, far inside float16's range; GDN's x*x is the largest value."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    m = onnx.load_from_string(onnx_bytes)
-    g = m.graph
-    for t in g.initializer:
-        if t.data_type == TensorProto.FLOAT:
-            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
-    for n in g.node:
-        for a in n.attribute:
-            if n.op_type == "Constant" and a.name == "value" and a.t.data_type == TensorProto.FLOAT:
-                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
-    inp, out = g.input[0].name, g.output[0].name
-    for n in g.node:
-        n.input[:] = [inp + "_fp16" if i == inp else i for i in n.input]
-        n.output[:] = [out + "_fp16" if o == out else o for o in n.output]
-    g.node.insert(0, helper.make_node("Cast", [inp], [inp + "_fp16"], to=TensorProto.FLOAT16))
-    g.node.append(helper.make_node("Cast", [out + "_fp16"], [out], to=TensorProto.FLOAT))
-    del g.value_info[:]
-    onnx.checker.check_model(m)
-    return m.SerializeToString()
-
-
 def provider_list(kind: str, fp16: bool, cache: Path) -> list[Any]:
     if kind == "tensorrt":
         cache.mkdir(parents=True, exist_ok=True)
@@ -154,10 +127,8 @@ def quality_check(model_dir: Path, providers: list[Any], images: list[np.ndarray
     decoder precision; the fp16 encoder's bitstreams decode with the fp32 decoder (same latents)."""
     from saic.codec import load_model
 
-    m32 = load_model(model_dir, providers=providers)
-    m16 = load_model(model_dir, providers=providers)
-    for g in ("analysis", "synthesis"):
-        m16._sessions[g] = session(to_fp16((model_dir / f"{g}.onnx").read_bytes()), providers)
+    m32 = load_model(model_dir, providers=providers, precision="fp32")
+    m16 = load_model(model_dir, providers=providers, precision="fp16")  # the model's shipped fp16 graphs
 
     def psnr(a: np.ndarray, b: np.ndarray) -> float:
         return float(10 * np.log10(255**2 / max(np.mean((a.astype(np.float64) - b) ** 2), 1e-10)))
@@ -214,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     for prec in precisions:
         providers = provider_list(args.provider, prec == "fp16", REPO / "runs" / "trt-cache")
         for g, inp in (("analysis", "x"), ("synthesis", "y_hat")):
-            graph = (model / f"{g}.onnx").read_bytes()
-            sess = session(to_fp16(graph) if prec == "fp16" else graph, providers)
+            sess = session((model / f"{g}{'_fp16' if prec == 'fp16' else ''}.onnx").read_bytes(), providers)
             for b in args.batches:
                 shape = (b, 3, h, w) if g == "analysis" else (b, m_ch, h // 16, w // 16)
                 x = rng.random(shape, dtype=np.float32) if g == "analysis" else rng.normal(0, 2, shape).astype(np.float32)

@@ -105,3 +105,55 @@ def test_provider_order_prefers_tensorrt_then_cuda_when_present(monkeypatch):
     assert available_providers(prefer_gpu=False, tensorrt=True) == gpu[2:]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert available_providers(tensorrt=True) == ["CPUExecutionProvider"]
+
+
+# ------------------------------------------------------------------ fp16 graphs (the GPU path, run here on CPU)
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / max(np.mean((a.astype(float) - b.astype(float)) ** 2), 1e-12)))
+
+
+def test_fp16_graphs_read_and_write_the_same_bitstreams():
+    """The golden bitstream decodes under fp16 to the golden latents (the entropy path is
+    integer) and to pixels within 50 dB of fp32; an fp16-encoded stream decodes under fp32."""
+    import hashlib
+    import json
+
+    from tests.test_codec import natural_image
+
+    golden = ROOT / "tests" / "golden"
+    spec = json.loads((golden / "golden.json").read_text())
+    data = (golden / spec["bitstream"]).read_bytes()
+    f32 = load_model(ROOT / "models" / "saic-small", threads=1, precision="fp32")
+    f16 = load_model(ROOT / "models" / "saic-small", threads=1, precision="fp16")
+    assert (f32.precision, f16.precision) == ("fp32", "fp16")
+    assert hashlib.sha256(f16.decode_latents([f16.parse(data)]).tobytes()).hexdigest() == spec["latent_sha256"]
+    assert _psnr(f16.decompress_batch([data])[0], f32.decompress_batch([data])[0]) > 50
+    x = natural_image(96, 128)
+    s16 = f16.compress_batch([x], [60])[0]
+    s32 = f32.compress_batch([x], [60])[0]
+    assert abs(len(s16) - len(s32)) <= 0.02 * len(s32)
+    assert abs(_psnr(x, f32.decompress_batch([s16])[0]) - _psnr(x, f32.decompress_batch([s32])[0])) < 0.05
+
+
+def test_precision_choice_and_fp16_integrity(tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from saic.codec.errors import ModelLoadError
+
+    assert load_model(ROOT / "models" / "saic-small", threads=1).precision == "fp32"  # auto on CPU
+    with pytest.raises(ValueError, match="precision"):
+        load_model(ROOT / "models" / "saic-small", precision="int8")
+    d = tmp_path / "m"
+    shutil.copytree(ROOT / "models" / "saic-small", d)
+    raw = bytearray((d / "synthesis_fp16.onnx").read_bytes())
+    raw[-100] ^= 1
+    (d / "synthesis_fp16.onnx").write_bytes(bytes(raw))
+    with pytest.raises(ModelLoadError, match="synthesis_fp16.onnx: sha256"):
+        load_model(d, precision="fp16")
+    manifest = json.loads((d / "manifest.json").read_text())
+    del manifest["fp16"]
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    assert load_model(d).precision == "fp32"  # fp16 graphs are optional ...
+    with pytest.raises(ModelLoadError, match="no fp16 graph"):
+        load_model(d, precision="fp16")  # ... unless asked for

@@ -42,6 +42,19 @@ def test_onnx_matches_torch_at_other_sizes(exported, graph, attr, shape):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("graph,attr,shape", [("analysis", "g_a", (2, 3, 64, 96)), ("synthesis", "g_s", (2, 24, 4, 6))])
+def test_fp16_graphs_match_torch_to_half_precision(exported, graph, attr, shape):
+    model, path = exported
+    x = torch.rand(*shape)
+    with torch.no_grad():
+        ref = getattr(model, attr)(x).numpy()
+    sess = ort.InferenceSession(str(path / f"{graph}_fp16.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].type == sess.get_outputs()[0].type == "tensor(float)"  # fp32 I/O, fp16 inside
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - ref).max() < 2e-2 * max(1.0, np.abs(ref).max())
+    assert load_model(path, precision="fp16").precision == "fp16"  # listed and hash-checked in the manifest
+
+
 def test_fixed_point_entropy_parameters_match_float(exported):
     model, path = exported
     runtime = load_model(path)

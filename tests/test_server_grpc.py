@@ -34,6 +34,7 @@ def test_target_bpp_and_models(stub, photo_png) -> None:
     models = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
     assert [m.is_default for m in models].count(True) == 1
     assert models[0].providers == ["CPUExecutionProvider"] and len(models[0].sha256) == 64
+    assert models[0].precision == "fp32"
 
 
 def test_score_si_and_classify(stub, photo_png, bitstream) -> None:

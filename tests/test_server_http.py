@@ -114,7 +114,7 @@ def test_models_health_ready_docs(http, server) -> None:
     info = m["models"][0]
     assert len(info["sha256"]) == 64 and 0 <= info["tag"] < 65536
     assert info["quality_range"] == [0, 100]
-    assert info["providers"] == ["CPUExecutionProvider"]
+    assert info["providers"] == ["CPUExecutionProvider"] and info["precision"] == "fp32"
     assert http.get("/healthz").json() == {"status": "alive"}
     assert http.get("/readyz").status_code == 200
     spec = http.get("/openapi.json").json()

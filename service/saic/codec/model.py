@@ -34,6 +34,11 @@ GRAPH_OPTIMIZATION = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 WEIGHT_FILES = ("analysis.onnx", "hyper_analysis.onnx", "synthesis.onnx", "entropy.npz")
+# fp16 twins of the two big float graphs (float32 in and out); listed under the manifest's "fp16",
+# outside the weights hash: they are derived from the fp32 graphs and write/read the same bitstreams
+FP16_GRAPHS = {"analysis": "analysis_fp16.onnx", "synthesis": "synthesis_fp16.onnx"}
+PRECISIONS = ("auto", "fp32", "fp16")
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 def available_providers(prefer_gpu: bool = True, tensorrt: bool = False) -> list[str]:
@@ -98,10 +103,17 @@ class CodecModel:
         optimization: str = "all",
         spinning: bool = False,
         tile: int = TILE,
+        precision: str = "auto",
     ):
         """threads: ONNX Runtime intra-op threads (0: one per physical core).  spinning: let idle
         ORT threads busy-wait between ops (lower latency on an otherwise idle machine, wasted
-        CPU in a shared server).  tile: largest analysis/synthesis tile side in pixels."""
+        CPU in a shared server).  tile: largest analysis/synthesis tile side in pixels.
+        precision: "fp16" runs analysis and synthesis from the model's fp16 graphs (half the
+        memory traffic on a GPU; the integer entropy path is untouched, so bitstreams stay
+        interchangeable with fp32); "auto" picks fp16 when a GPU provider leads and the model
+        has the graphs, fp32 otherwise (ONNX Runtime's CPU runs fp16 slower than fp32)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.path = Path(path)
         self.max_pixels = max_pixels
         self.tile = tile
@@ -116,10 +128,13 @@ class CodecModel:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.graph_optimization_level = GRAPH_OPTIMIZATION[optimization]
         providers = list(providers or available_providers())
+        graphs = {f.split(".")[0]: f for f in WEIGHT_FILES[:3]}
+        self.precision = self._choose_precision(precision, providers)
+        if self.precision == "fp16":
+            graphs.update(FP16_GRAPHS)
         try:
             self._sessions = {
-                f.split(".")[0]: ort.InferenceSession(str(self.path / f), opts, providers=providers)
-                for f in WEIGHT_FILES[:3]
+                name: ort.InferenceSession(str(self.path / f), opts, providers=providers) for name, f in graphs.items()
             }
             with np.load(self.path / "entropy.npz") as z:
                 self._arrays = {k: z[k] for k in z.files}
@@ -129,7 +144,21 @@ class CodecModel:
         self._tables = entropy.EntropyTables(self._arrays)
         self._hyper_synthesis = fixedpoint.HyperSynthesis(self._arrays)
         self._levels = int(self._arrays["gain"].shape[0])
-        log.info("loaded model %s (tag %04x) with %s", self.id, self.tag, self.providers[0])
+        log.info("loaded model %s (tag %04x) with %s, %s", self.id, self.tag, self.providers[0], self.precision)
+
+    def _choose_precision(self, precision: str, providers: list[str]) -> str:
+        """fp16 only from graphs the manifest lists (hash-checked here); see __init__."""
+        fp16 = self.manifest.get("fp16") or {}
+        on_gpu = providers[0] in GPU_PROVIDERS and providers[0] in ort.get_available_providers()
+        if precision == "fp32" or (precision == "auto" and not (on_gpu and fp16)):
+            return "fp32"
+        for name in FP16_GRAPHS.values():
+            p = self.path / name
+            if name not in fp16 or not p.is_file():
+                raise ModelLoadError(f"model {self.id} at {self.path} has no fp16 graph {name}; re-export it")
+            if file_sha256(p) != fp16[name]:
+                raise ModelLoadError(f"{p}: sha256 does not match the manifest (corrupt or replaced file)")
+        return "fp16"
 
     def _verified_manifest(self) -> dict:
         mpath = self.path / "manifest.json"

@@ -6,10 +6,10 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from .errors import ModelLoadError, ModelMismatchError, UnknownModelError
-from .model import DEFAULT_MAX_PIXELS, CodecModel
+from .model import CodecModel
 
 log = logging.getLogger("saic.codec")
 
@@ -30,15 +30,10 @@ def is_codec_dir(path: Path) -> bool:
 
 
 class ModelRegistry:
-    """Loads every codec model directory under `root` (or the given paths)."""
+    """Loads every codec model directory under `root`; `options` go to each CodecModel
+    (providers, threads, max_pixels, precision, tile, spinning, optimization)."""
 
-    def __init__(
-        self,
-        root: str | os.PathLike | None = None,
-        providers: Sequence[str] | None = None,
-        threads: int = 0,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-    ):
+    def __init__(self, root: str | os.PathLike | None = None, **options: Any):
         self.root = Path(root) if root is not None else default_model_dir()
         if not self.root.is_dir():
             raise ModelLoadError(f"model directory {self.root} does not exist")
@@ -47,7 +42,7 @@ class ModelRegistry:
             raise ModelLoadError(f"no codec models (manifest.json with kind 'codec') under {self.root}")
         self.models: dict[str, CodecModel] = {}
         for d in dirs:
-            m = CodecModel(d, providers=providers, threads=threads, max_pixels=max_pixels)
+            m = CodecModel(d, **options)
             if m.id in self.models:
                 raise ModelLoadError(f"two model directories claim id {m.id}")
             self.models[m.id] = m

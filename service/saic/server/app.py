@@ -58,13 +58,8 @@ def listen_tcp(host: str, port: int, backlog: int = 2048) -> socket.socket:
 
 
 def load_registry(settings: Settings) -> ModelRegistry:
-    """All models under settings.model_dir with the configured providers, threads and pixel limit."""
-    return ModelRegistry(
-        settings.model_dir,
-        providers=settings.ort_providers(),
-        threads=settings.threads,
-        max_pixels=settings.max_image_pixels,
-    )
+    """All models under settings.model_dir with the configured runtime options."""
+    return ModelRegistry(settings.model_dir, **settings.model_options())
 
 
 class SaicServer:

@@ -69,6 +69,7 @@ class ModelInfo:
     quality_range: tuple[int, int]
     bpp_range: tuple[float, float] | None
     providers: tuple[str, ...]
+    precision: str
     is_default: bool
 
 
@@ -145,7 +146,7 @@ class DataPlane:
             registry.get(settings.default_model)  # raises UnknownModelError with the loaded ids
         for m in registry.models.values():
             metrics.provider_info.labels(m.id, m.provider).set(1)
-            log.info("model %s (tag %04x, sha256 %s…) on %s", m.id, m.tag, m.sha256[:12], m.provider)
+            log.info("model %s (tag %04x, sha256 %s…) on %s, %s", m.id, m.tag, m.sha256[:12], m.provider, m.precision)
         # compressed-domain heads (models/<codec>-latent-head/) for /v1/classify; a codec without one answers 501
         self.heads = HeadRegistry(settings.model_dir, list(registry.models.values()),
                                   providers=settings.ort_providers(), threads=settings.threads or None)
@@ -231,6 +232,7 @@ class DataPlane:
                     quality_range=(int(q[0]), int(q[1])),
                     bpp_range=(float(b[0]), float(b[1])) if b else None,
                     providers=tuple(m.providers),
+                    precision=m.precision,
                     is_default=m.id == default,
                 )
             )

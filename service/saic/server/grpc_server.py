@@ -154,6 +154,7 @@ class CodecServicer(pb_grpc.CodecServicer):
                         bpp_min=i.bpp_range[0] if i.bpp_range else 0.0,
                         bpp_max=i.bpp_range[1] if i.bpp_range else 0.0,
                         providers=list(i.providers),
+                        precision=i.precision,
                         is_default=i.is_default,
                     )
                     for i in self.dp.models()

@@ -64,6 +64,7 @@ class ModelInfoOut(BaseModel):
     quality_range: tuple[int, int]
     bpp_range: tuple[float, float] | None
     providers: list[str]
+    precision: str = Field(description="fp32 or fp16 analysis/synthesis graphs")
     is_default: bool
 
 

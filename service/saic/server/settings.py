@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from saic.codec.model import available_providers
+
 
 def _default_model_dir() -> Path:
     """$SAIC_MODEL_DIR is read by pydantic; otherwise the repo's models/ (editable installs) or ./models."""
@@ -33,8 +35,15 @@ class Settings(BaseSettings):
     # models
     model_dir: Path = Field(default_factory=_default_model_dir)
     default_model: str | None = Field(None, description="model id used when a request names none")
-    providers: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution provider")
+    providers: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto", description="ONNX Runtime execution provider (auto: CUDA if present, else CPU; tensorrt: TensorRT, "
+        "then CUDA, then CPU, each where present)")
+    precision: Literal["auto", "fp32", "fp16"] = Field(
+        "auto", description="analysis/synthesis graphs (auto: fp16 on a GPU when the model ships them, else fp32); "
+        "bitstreams are the same either way")
     threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads per session (0 = ORT default)")
+    spinning: bool = Field(False, description="let idle ONNX Runtime threads busy-wait (lower latency, burns CPU)")
+    tile: int = Field(1024, ge=64, le=8192, description="largest analysis/synthesis tile side in pixels (bounds memory)")
     warmup: bool = Field(True, description="run one compress/decompress per model before reporting ready")
     # batching (Triton vocabulary)
     max_batch_size: int = Field(8, ge=1, description="1 disables batching")
@@ -76,4 +85,11 @@ class Settings(BaseSettings):
             return ["CPUExecutionProvider"]
         if self.providers == "cuda":
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if self.providers == "tensorrt":
+            return available_providers(tensorrt=True)
         return None
+
+    def model_options(self) -> dict:
+        """Keyword arguments for every CodecModel the server loads."""
+        return {"providers": self.ort_providers(), "threads": self.threads, "max_pixels": self.max_image_pixels,
+                "precision": self.precision, "tile": self.tile, "spinning": self.spinning}

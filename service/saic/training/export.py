@@ -5,6 +5,8 @@
 Writes analysis.onnx, hyper_analysis.onnx, synthesis.onnx (float, dynamic batch/H/W) and
 entropy.npz: the integer side of the codec — fixed-point hyper-synthesis, gain tables,
 quantised CDF tables — so that every machine derives identical entropy-coder tables.
+Also analysis_fp16.onnx and synthesis_fp16.onnx (fp16 weights and arithmetic, float32 in/out)
+for GPUs; they sit outside the weights hash because they write and read the same bitstreams.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from scipy.stats import norm
 
 from saic.codec import fixedpoint as fp
-from saic.codec.model import file_sha256, weights_sha256
+from saic.codec.model import FP16_GRAPHS, file_sha256, weights_sha256
 
 from .model import SCALE_MAX, SCALE_MIN, VariableRateCodec
 from .train_codec import load_model
@@ -119,6 +121,27 @@ def export_onnx(model: VariableRateCodec, out: Path) -> None:
         )
 
 
+def export_fp16(out: Path) -> dict[str, str]:
+    """fp16 twins of analysis/synthesis (onnxconverter-common, float32 I/O kept); returns their sha256."""
+    import warnings
+
+    import onnx
+    import onnxscript.optimizer
+    from onnxconverter_common import float16
+
+    hashes = {}
+    for name in FP16_GRAPHS.values():
+        src = out / name.replace("_fp16", "")
+        with warnings.catch_warnings():  # "value truncated to fp16 range" for tiny GDN constants: expected
+            warnings.simplefilter("ignore", UserWarning)
+            # fold GDN's parameter expressions (abs, +pedestal) first: fp16 constants, not fp16 arithmetic on them
+            folded = onnxscript.optimizer.optimize(onnx.load(str(src)))
+            m16 = float16.convert_float_to_float16(folded, keep_io_types=True)
+        onnx.save(m16, str(out / name))
+        hashes[name] = file_sha256(out / name)
+    return hashes
+
+
 def save_resumable(model: VariableRateCodec, ck: dict, path: Path) -> None:
     """Weights-only fp16 checkpoint (a third of the full one) for `train_codec --init`:
     lets CPU training accumulate across sessions from the shipped model."""
@@ -133,6 +156,7 @@ def export(ckpt: Path, out: Path, model_id: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_resumable(model, ck, out / "checkpoint.pt")
     export_onnx(model, out)
+    fp16 = export_fp16(out)
     np.savez_compressed(out / "entropy.npz", **entropy_arrays(model))
     files = {p: file_sha256(out / p) for p in [*GRAPHS, "entropy.npz"]}
     sha = weights_sha256(files)
@@ -143,6 +167,7 @@ def export(ckpt: Path, out: Path, model_id: str) -> dict:
         "sha256": sha,
         "tag": int(sha[:4], 16),
         "files": files,
+        "fp16": fp16,
         "config": model.config.to_dict(),
         "quality_range": [0, 100],
         "opset": OPSET,
