@@ -44,6 +44,7 @@ def test_labels_come_from_manifests() -> None:
     assert sem.manifest_label({"id": "saic-small"}) == "saic saic-small"
     assert sem.manifest_label({"id": "x", "training": {"beta": 0}}) == "saic x (MSE twin, β=0)"
     assert sem.manifest_label({"id": "x", "training": {"beta": 300.0}}) == "saic x (SAIC, β=300)"
+    assert sem.manifest_label({"id": "x", "training": {"beta": 1e3, "weighting": "uniform"}}) == "saic x (plain feature loss, β=1000)"
     assert sem.manifest_label({"id": "x", "label": "mine"}) == "mine"
 
 

@@ -124,11 +124,18 @@ class EvalCodec:
 
 def manifest_label(manifest: dict[str, Any]) -> str:
     """Row label from a codec manifest: its `label`, else "saic <id>", plus β when the training
-    record has one (β = 0: the MSE twin of a SAIC fine-tune)."""
+    record has one (β = 0: the MSE twin of a SAIC fine-tune; uniform channel weights: the
+    plain-feature-loss ablation)."""
     label = manifest.get("label") or f"saic {manifest['id']}"
-    beta = (manifest.get("training") or {}).get("beta")
+    training = manifest.get("training") or {}
+    beta = training.get("beta")
     if beta is not None and "β" not in label:
-        label += " (MSE twin, β=0)" if float(beta) == 0 else f" (SAIC, β={float(beta):g})"
+        if float(beta) == 0:
+            label += " (MSE twin, β=0)"
+        elif training.get("weighting", "gsw") == "uniform":
+            label += f" (plain feature loss, β={float(beta):g})"
+        else:
+            label += f" (SAIC, β={float(beta):g})"
     return label
 
 
