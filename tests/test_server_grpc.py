@@ -78,6 +78,41 @@ def test_upload_larger_than_body_limit(stub, server) -> None:
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_slow_upload_without_deadline_is_cut_off_at_the_request_timeout(registry, photo_png) -> None:
+    """A client that trickles chunks and sets no deadline gets DEADLINE_EXCEEDED after the
+    server's request timeout; other calls on the same server are served meanwhile."""
+    import threading
+    import time
+
+    from conftest import server_settings
+
+    from saic.server.app import ServerThread
+    from saic.server.proto import codec_pb2_grpc
+
+    stop = threading.Event()
+
+    def trickle():
+        yield pb.UploadChunk(params=pb.CompressParams(quality=50), data=photo_png[:10])
+        for i in range(10, len(photo_png), 10):
+            if stop.wait(0.5):
+                return
+            yield pb.UploadChunk(data=photo_png[i : i + 10])
+
+    with ServerThread(server_settings(request_timeout_s=2.0), registry) as srv, \
+            grpc.insecure_channel(srv.grpc_target) as ch:
+        slow_stub = codec_pb2_grpc.CodecStub(ch)
+        t0 = time.monotonic()
+        fut = slow_stub.CompressUpload.future(trickle())
+        assert slow_stub.Compress(pb.CompressRequest(image=photo_png, quality=50), timeout=30).bitstream
+        try:
+            with pytest.raises(grpc.RpcError) as e:
+                fut.result(timeout=30)
+        finally:
+            stop.set()
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "upload" in e.value.details()
+        assert 1.5 < time.monotonic() - t0 < 15
+
+
 def test_bidirectional_stream_many_items_one_bad(stub, bitstream) -> None:
     imgs = [encode(make_photo(32, 48, seed=s)) for s in range(4)]
     reqs = [pb.StreamRequest(id=f"c{i}", compress=pb.CompressRequest(image=im, quality=50)) for i, im in enumerate(imgs)]

@@ -173,15 +173,22 @@ class CodecServicer(pb_grpc.CodecServicer):
             nonlocal received
             params: pb.CompressParams | None = None
             buf = bytearray()
-            async for chunk in request_iterator:
-                received += chunk.ByteSize()
-                if chunk.HasField("params"):
-                    if params is not None:
-                        raise E.InvalidParameterError("params may only be sent once, in the first chunk")
-                    params = chunk.params
-                buf += chunk.data
-                if len(buf) > self.settings.max_body_bytes:
-                    raise E.PayloadTooLargeError(f"upload larger than {self.settings.max_body_bytes} bytes")
+            # a client that trickles chunks holds a stream and its buffer: the upload gets the
+            # request timeout (or the client's deadline, if sooner), like an HTTP body does
+            limit = min(t for t in (context.time_remaining(), self.settings.request_timeout_s) if t is not None)
+            try:
+                async with asyncio.timeout(limit):
+                    async for chunk in request_iterator:
+                        received += chunk.ByteSize()
+                        if chunk.HasField("params"):
+                            if params is not None:
+                                raise E.InvalidParameterError("params may only be sent once, in the first chunk")
+                            params = chunk.params
+                        buf += chunk.data
+                        if len(buf) > self.settings.max_body_bytes:
+                            raise E.PayloadTooLargeError(f"upload larger than {self.settings.max_body_bytes} bytes")
+            except TimeoutError:
+                raise E.DeadlineExceededError(f"upload not complete within {limit:.3g} s") from None
             p = params or pb.CompressParams()
             res = await self.dp.compress(
                 bytes(buf),
