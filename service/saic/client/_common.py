@@ -1,4 +1,4 @@
-"""Pieces shared by the HTTP and gRPC clients: results, errors, input coercion."""
+"""Pieces shared by the HTTP and gRPC clients: results, errors, input coercion, closing."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import numpy as np
 
+from saic.results import CompressResult, DecompressResult  # noqa: F401 - the clients' result types
+
+C = TypeVar("C")
 ImageLike = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", np.ndarray, Any]  # Any: PIL.Image.Image
 BytesLike = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
 
@@ -29,32 +32,6 @@ class ClientError(Exception):
 
     def __repr__(self) -> str:
         return f"ClientError(status={self.status}, code={self.code!r}, type={self.type!r}, message={self.message!r})"
-
-
-@dataclass(frozen=True)
-class CompressResult:
-    bitstream: bytes
-    model: str
-    width: int
-    height: int
-    quality: int
-    bpp: float
-
-
-@dataclass(frozen=True)
-class DecompressResult:
-    image: bytes
-    media_type: str
-    width: int
-    height: int
-    model: str
-
-    def to_array(self) -> np.ndarray:
-        """The decoded image as HxWx3 uint8."""
-        from PIL import Image
-
-        with Image.open(io.BytesIO(self.image)) as im:
-            return np.asarray(im.convert("RGB"))
 
 
 @dataclass(frozen=True)
@@ -98,6 +75,26 @@ def as_bytes(data: BytesLike) -> bytes:
     return Path(data).read_bytes()
 
 
+def given(**kwargs: Any) -> dict[str, Any]:
+    """The keyword arguments that are not None (optional request fields)."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The authorization header for an API key (none without one)."""
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def score_parts(original: ImageLike, decoded: ImageLike | None, bitstream: BytesLike | None) -> dict[str, tuple[bytes, str]]:
+    """The parts of a score-si request, by field name: (bytes, content type), absent ones left out."""
+    parts = {"original": image_bytes(original)}
+    if decoded is not None:
+        parts["decoded"] = image_bytes(decoded)
+    if bitstream is not None:
+        parts["bitstream"] = (as_bytes(bitstream), "application/octet-stream")
+    return parts
+
+
 def image_bytes(image: ImageLike) -> tuple[bytes, str]:
     """(encoded bytes, content type): files/bytes are sent as they are (sniffed by the server);
     arrays and PIL images are encoded losslessly as PNG."""
@@ -134,3 +131,29 @@ def sniff_image_type(data: bytes) -> str:
     if data[4:12] in (b"ftypavif", b"ftypavis"):
         return "image/avif"
     return "application/octet-stream"
+
+
+class Closing:
+    """`with client:` calls `close()` on exit."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: C) -> C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClosing:
+    """`async with client:` awaits `_aclose()` (the client's close or aclose) on exit."""
+
+    async def _aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self: C) -> C:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._aclose()

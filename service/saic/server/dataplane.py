@@ -24,6 +24,7 @@ from saic.codec.errors import InvalidParameterError, ModelMismatchError
 from saic.codec.image import decode_image, encode_image
 from saic.codec.model import CodecModel, padded_size
 from saic.codec.registry import ModelRegistry
+from saic.results import CompressResult, DecompressResult
 from saic.semantics.latent import HeadRegistry
 
 from . import scoring
@@ -40,25 +41,6 @@ T = TypeVar("T")
 # Output formats for decompress: name -> media type (encoding is saic.codec.image.encode_image).
 FORMATS: dict[str, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 MEDIA_TYPES: dict[str, str] = {v: k for k, v in FORMATS.items()} | {"image/jpg": "jpeg"}
-
-
-@dataclass(frozen=True)
-class CompressResult:
-    bitstream: bytes
-    model: str
-    width: int
-    height: int
-    quality: int
-    bpp: float
-
-
-@dataclass(frozen=True)
-class DecompressResult:
-    image: bytes
-    media_type: str
-    width: int
-    height: int
-    model: str
 
 
 @dataclass(frozen=True)
