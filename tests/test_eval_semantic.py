@@ -146,3 +146,20 @@ def test_memo_classifier_gives_the_same_si_and_classifies_originals_once() -> No
     b = SIScorer(task).score_batch(originals, decoded)
     assert [r.si for r in a] == pytest.approx([r.si for r in b], abs=1e-9)
     assert memo.id == task.id and memo.classes == task.classes
+
+
+def test_committed_results_belong_to_the_committed_models() -> None:
+    """models/semantic_eval was measured with the codecs and classifiers that are committed now:
+    re-exporting one without re-running `saic eval semantic` fails here."""
+    doc = json.loads((MODELS / "semantic_eval" / "semantic.json").read_text())
+    for role, name in (("task", "tiny10-classifier"), ("judge", "tiny10-judge")):
+        assert doc["classifiers"][role]["sha256"] == json.loads((MODELS / name / "manifest.json").read_text())["sha256"]
+    dirs = {p.parent.name: p.parent for p in MODELS.glob("**/manifest.json")}
+    saic_rows = [k.split(":", 1)[1] for k, v in doc["codecs"].items() if v["kind"] == "saic"]
+    assert {"saic-semantic", "saic-mse-twin"} <= set(saic_rows)
+    for model_id in saic_rows:
+        sha = json.loads((dirs[model_id] / "manifest.json").read_text())["sha256"]
+        assert f"sha256 {sha}" in doc["codecs"][f"saic:{model_id}"]["settings"], f"{model_id}: re-run saic eval semantic"
+    # the headline the SAIC model ships on: the judge at 0.125 bpp beats the MSE twin's
+    at = doc["at_rate"]
+    assert at["saic:saic-semantic"]["0.125"]["judge_top1@bpp"]["value"] > at["saic:saic-mse-twin"]["0.125"]["judge_top1@bpp"]["value"]

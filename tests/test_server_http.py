@@ -143,7 +143,7 @@ def test_metrics_names_from_design_doc(http, bitstream) -> None:
     ]:
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
     assert metric_value(text, "saic_requests_total", endpoint="compress", protocol="http", code="200") >= 1
-    assert metric_value(text, "saic_execution_provider_info", provider="CPUExecutionProvider") == 1
+    assert metric_value(text, "saic_execution_provider_info", model="saic-small", provider="CPUExecutionProvider") == 1
     assert metric_value(text, "saic_inference_seconds_count", stage="analysis") >= 1
     assert metric_value(text, "saic_inference_seconds_count", stage="synthesis") >= 1
     assert metric_value(text, "saic_output_bits_per_pixel_count") >= 1
