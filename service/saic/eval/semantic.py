@@ -59,7 +59,7 @@ DEFAULT_GRIDS: dict[str, tuple[int, ...]] = {
     "webp": (0, 5, 15, 30, 50, 75),
     "avif": (0, 10, 20, 35, 50, 70),
 }
-OUR_GRID = (0, 20, 40, 60, 80, 100)
+OUR_GRID = (0, 10, 20, 40, 60, 100)  # denser at the low end, where 0.125 bpp lies
 CHUNK = 64
 
 
@@ -683,6 +683,12 @@ def _codec_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and is_codec_dir(p))
 
 
+def default_models(models_root: Path) -> list[Path]:
+    """The served codecs (models/*) and the evaluation-only controls (models/controls/*)."""
+    controls = models_root / "controls"
+    return _codec_dirs(models_root) + (_codec_dirs(controls) if controls.is_dir() else [])
+
+
 def _grid(text: str) -> tuple[str, list[int]]:
     name, _, qs = text.partition("=")
     if not qs:
@@ -699,7 +705,7 @@ def register(modes: argparse._SubParsersAction) -> None:
         description="Writes semantic.json, table.md and accuracy_vs_bpp.png to --out (docs/semantics-eval.md).",
     )
     p.add_argument("--models", type=Path, nargs="*", default=None,
-                   help="saic codec model directories (default: every codec under models/)")
+                   help="saic codec model directories (default: every codec under models/ and models/controls/)")
     p.add_argument("--data", type=Path, default=None, help="folder holding tiny10/ (default $SAIC_DATA_DIR or ../shared/data)")
     p.add_argument("--out", type=Path, default=REPO / "models" / "semantic_eval")
     p.add_argument("--cache", type=Path, default=REPO / "runs" / "semantic_eval", help="streams/scores cache folder")
@@ -721,7 +727,7 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     data = args.data or Path(os.environ.get("SAIC_DATA_DIR", REPO / "../shared/data")).resolve()
-    models = args.models if args.models is not None else _codec_dirs(REPO / "models")
+    models = args.models if args.models is not None else default_models(REPO / "models")
     doc = run_semantic(
         models, data, args.out, args.cache, [b for b in args.baselines.split(",") if b], dict(args.grid),
         every=args.every, rates=[float(r) for r in args.rates.split(",") if r], classifier_dir=args.classifier,
