@@ -13,8 +13,6 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from saic.codec.model import available_providers
-
 
 def _default_model_dir() -> Path:
     """$SAIC_MODEL_DIR is read by pydantic; otherwise the repo's models/ (editable installs) or ./models."""
@@ -86,6 +84,8 @@ class Settings(BaseSettings):
         if self.providers == "cuda":
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
         if self.providers == "tensorrt":
+            from saic.codec.model import available_providers  # onnxruntime: only when models load
+
             return available_providers(tensorrt=True)
         return None
 
