@@ -26,6 +26,14 @@ def test_settings_env_then_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.max_batch_size == 3 and s.api_key.get_secret_value() == "zq-secret-1" and s.ort_providers() == ["CPUExecutionProvider"]
     assert "zq-secret-1" not in repr(s)  # secrets stay out of logs
+    monkeypatch.setenv("SAIC_PRECISION", "fp16")
+    monkeypatch.setenv("SAIC_TILE", "512")
+    monkeypatch.setenv("SAIC_PROVIDERS", "tensorrt")
+    opts = Settings().model_options()  # what every CodecModel of the server is built with
+    assert opts["precision"] == "fp16" and opts["tile"] == 512 and opts["spinning"] is False
+    assert opts["providers"][-1] == "CPUExecutionProvider"  # TensorRT/CUDA only where onnxruntime has them
+    with pytest.raises(ValueError):
+        Settings(precision="int8")
 
     from saic.server import cli
 
