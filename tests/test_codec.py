@@ -17,6 +17,7 @@ from saic.codec.errors import (
     ImageTooLargeError,
     InvalidImageError,
     InvalidParameterError,
+    ModelLoadError,
     ModelMismatchError,
     TruncatedError,
 )
@@ -180,3 +181,19 @@ def test_bad_images_and_parameters(model):
     small = load_model(model.path, max_pixels=1000)
     with pytest.raises(ImageTooLargeError):
         small.compress_batch([natural_image(40, 40)], [50])
+
+
+def test_registry_skips_non_models_but_refuses_a_damaged_manifest(tmp_path):
+    import shutil
+
+    (tmp_path / "notes").mkdir()  # no manifest: not a model, skipped
+    (tmp_path / "head").mkdir()
+    (tmp_path / "head" / "manifest.json").write_text('{"kind": "latent_head"}')  # another kind: skipped
+    with pytest.raises(ModelLoadError, match="no codec models"):
+        ModelRegistry(tmp_path)
+    shutil.copytree(ROOT / "models" / "saic-small", tmp_path / "saic-small")
+    assert list(ModelRegistry(tmp_path).models) == ["saic-small"]
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="broken: manifest.json is unreadable"):
+        ModelRegistry(tmp_path)

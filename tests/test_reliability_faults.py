@@ -81,7 +81,7 @@ def _truncate_with_matching_hashes(model: Path) -> None:
         ("missing_dir", "does not exist"),
         ("missing_file", "missing synthesis.onnx"),
         ("flipped_byte", "sha256 does not match the manifest"),
-        ("bad_manifest", "no codec models"),
+        ("bad_manifest", "saic-small: manifest.json is unreadable"),
         ("bad_onnx", "model saic-small at"),
     ],
 )
@@ -291,9 +291,10 @@ def test_unavailable_gpu_provider_falls_back_to_cpu_and_metric_says_so() -> None
         pytest.skip("this machine has CUDA: the fallback path is not exercised")
     with ServerProcess("--providers", "cuda") as srv:
         text = _metrics(srv)
-        assert metric_value(text, "saic_execution_provider_info", provider="CPUExecutionProvider") == 1
-        assert metric_value(text, "saic_execution_provider_info", provider="CUDAExecutionProvider") == 0
         models = httpx.get(srv.http_url + "/v1/models", timeout=30).json()["models"]
-        assert models[0]["providers"] == ["CPUExecutionProvider"]
+        for m in models:  # every loaded model fell back, and says so
+            assert m["providers"] == ["CPUExecutionProvider"]
+            assert metric_value(text, "saic_execution_provider_info", model=m["id"], provider="CPUExecutionProvider") == 1
+            assert metric_value(text, "saic_execution_provider_info", model=m["id"], provider="CUDAExecutionProvider") == 0
         r = httpx.post(srv.http_url + "/v1/compress", content=PNG_SMALL, headers={"content-type": "image/png"}, timeout=60)
         assert r.status_code == 200

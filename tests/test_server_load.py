@@ -151,9 +151,10 @@ def test_deadlines_are_honoured(patient) -> None:
 def test_drain_finishes_accepted_work_and_refuses_new(registry) -> None:
     srv = ServerThread(server_settings(max_batch_size=2, max_queue_delay_ms=0, drain_timeout_s=30, warmup=False), registry).start()
     try:
-        img = encode(make_photo(96, 96, seed=7))
+        # big enough that a batch of two takes a while: all four are in flight when we look
+        img = encode(make_photo(512, 512, seed=7))
         with ThreadPoolExecutor(4) as pool:
-            pending = [pool.submit(_scraper.post, srv.http_url + "/v1/compress", content=img, timeout=60) for _ in range(4)]
+            pending = [pool.submit(_scraper.post, srv.http_url + "/v1/compress", content=img, timeout=120) for _ in range(4)]
             _wait_for(lambda: metric_value(_metrics(srv.http_url), "saic_inflight_requests", protocol="http") >= 5)
             shutdown = srv.submit(srv.server.shutdown())  # what SIGTERM does in `saic serve`
             _wait_for(lambda: not srv.server.dataplane.accepting)

@@ -23,10 +23,16 @@ def default_model_dir() -> Path:
 
 
 def is_codec_dir(path: Path) -> bool:
-    try:
-        return json.loads((path / "manifest.json").read_text()).get("kind") == "codec"
-    except (OSError, ValueError):
+    """True for a directory whose manifest.json says kind "codec"; a manifest.json that exists
+    but cannot be read is a ModelLoadError (a damaged model must not silently drop out)."""
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
         return False
+    try:
+        doc = json.loads(manifest.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model directory {path}: manifest.json is unreadable ({e})") from None
+    return isinstance(doc, dict) and doc.get("kind") == "codec"
 
 
 class ModelRegistry:
