@@ -160,6 +160,12 @@ def test_committed_results_belong_to_the_committed_models() -> None:
     for model_id in saic_rows:
         sha = json.loads((dirs[model_id] / "manifest.json").read_text())["sha256"]
         assert f"sha256 {sha}" in doc["codecs"][f"saic:{model_id}"]["settings"], f"{model_id}: re-run saic eval semantic"
+    # every shipped compressed-domain head of an evaluated codec was measured, in its committed version
+    for manifest in MODELS.glob("*/manifest.json"):
+        head = json.loads(manifest.read_text())
+        if head.get("kind") == "latent_head" and head["codec_id"] in saic_rows:
+            measured = doc["codecs"][f"saic:{head['codec_id']}"].get("latent_head", {})
+            assert measured.get("sha256") == head["sha256"], f"{manifest.parent.name}: re-run saic eval semantic"
     # the headline the SAIC model ships on: the judge at 0.125 bpp beats the MSE twin's
     at = doc["at_rate"]
     assert at["saic:saic-semantic"]["0.125"]["judge_top1@bpp"]["value"] > at["saic:saic-mse-twin"]["0.125"]["judge_top1@bpp"]["value"]
