@@ -137,8 +137,8 @@ def _decode_y_group(dec, tables: EntropyTables, index: np.ndarray) -> np.ndarray
             escaped[order[start : start + n]] = e
             start += n
     n_esc = int(escaped.sum())
-    if n_esc:
-        values[np.flatnonzero(escaped)] = _decode_escapes(dec, n_esc)
+    if n_esc:  # escapes were coded in table order (`order`), not in position order
+        values[order[np.flatnonzero(escaped[order])]] = _decode_escapes(dec, n_esc)
     return values.reshape(index.shape)
 
 
