@@ -124,21 +124,19 @@ def _encode_y_group(enc, tables: EntropyTables, sym: np.ndarray, index: np.ndarr
 
 
 def _decode_y_group(dec, tables: EntropyTables, index: np.ndarray) -> np.ndarray:
+    """Mirror of `_encode_y_group`: decode in coding order (by scale index, then position),
+    escapes included, and scatter back to positions once at the end."""
     flat_i = index.ravel()
     order = np.argsort(flat_i, kind="stable")
     counts = np.bincount(flat_i, minlength=tables.num_scales)
-    values = np.empty(flat_i.size, np.int64)
-    escaped = np.zeros(flat_i.size, bool)
-    start = 0
-    for k, n in enumerate(counts):
-        if n:
-            v, e = _decode_table(dec, tables._y[k], int(n))
-            values[order[start : start + n]] = v
-            escaped[order[start : start + n]] = e
-            start += n
+    parts = [_decode_table(dec, tables._y[k], int(n)) for k, n in enumerate(counts) if n]
+    coded = np.concatenate([v for v, _ in parts])
+    escaped = np.concatenate([e for _, e in parts])
     n_esc = int(escaped.sum())
-    if n_esc:  # escapes were coded in table order (`order`), not in position order
-        values[order[np.flatnonzero(escaped[order])]] = _decode_escapes(dec, n_esc)
+    if n_esc:
+        coded[escaped] = _decode_escapes(dec, n_esc)
+    values = np.empty_like(coded)
+    values[order] = coded
     return values.reshape(index.shape)
 
 
