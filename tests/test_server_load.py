@@ -155,7 +155,8 @@ def test_drain_finishes_accepted_work_and_refuses_new(registry) -> None:
         img = encode(make_photo(512, 512, seed=7))
         with ThreadPoolExecutor(4) as pool:
             pending = [pool.submit(_scraper.post, srv.http_url + "/v1/compress", content=img, timeout=120) for _ in range(4)]
-            _wait_for(lambda: metric_value(_metrics(srv.http_url), "saic_inflight_requests", protocol="http") >= 5)
+            # admitted by the data plane (body read, decoded), not merely connected: those must finish
+            _wait_for(lambda: srv.server.dataplane._inflight >= 4)
             shutdown = srv.submit(srv.server.shutdown())  # what SIGTERM does in `saic serve`
             _wait_for(lambda: not srv.server.dataplane.accepting)
             late = _scraper.post(srv.http_url + "/v1/compress", content=img, timeout=60)
