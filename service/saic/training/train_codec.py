@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--final-lr", type=float, help="switch to this learning rate for the last --final-minutes")
+    ap.add_argument("--final-minutes", type=float, default=0.0)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the forward pass (~20%% faster on CPU after ~1 min)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--n", type=int, default=CodecConfig.n)
@@ -77,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     if hw not in extra["hardware"]:
         extra["hardware"] = list(extra["hardware"]) + [hw]
 
+    if args.compile:
+        model.forward = torch.compile(model.forward)
     sampler = CropSampler([Path(d) for d in args.data], crop=args.crop, seed=step)
     levels = model.levels
     log = open(args.out / "train.log", "a")
@@ -89,6 +94,10 @@ def main(argv: list[str] | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(True))
     while not stop and step < args.max_steps and time.time() - t0 < args.minutes * 60:
+        if args.final_lr and time.time() - t0 >= (args.minutes - args.final_minutes) * 60 and opt.param_groups[0]["lr"] != args.final_lr:
+            for g in opt.param_groups:
+                g["lr"] = args.final_lr
+            print(json.dumps({"step": step, "lr": args.final_lr}), file=log, flush=True)
         x = torch.from_numpy(sampler.batch(args.batch)).to(dev).permute(0, 3, 1, 2).float() / 255
         t = torch.rand(args.batch, device=dev) * (levels - 1)
         out = model(x, t)
