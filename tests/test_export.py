@@ -80,3 +80,20 @@ def test_exported_model_round_trips(exported):
     x = (np.random.default_rng(2).random((70, 90, 3)) * 255).astype(np.uint8)
     data = runtime.compress_batch([x], [50])[0]
     assert runtime.decompress_batch([data])[0].shape == x.shape
+
+
+def test_relevel_keeps_old_levels_and_extends_the_gain_tables():
+    torch.manual_seed(1)
+    model = VariableRateCodec(CodecConfig(n=8, m=12, nz=4, nh=8, lambdas=(0.001, 0.004, 0.016))).eval()
+    with torch.no_grad():
+        model.log_gain.copy_(torch.randn_like(model.log_gain))
+    wider = model.relevel((0.0005, 0.001, 0.002, 0.004, 0.016))
+    g, w = model.log_gain.detach(), wider.log_gain.detach()
+    assert w.shape == (5, 12) and wider.levels == 5
+    torch.testing.assert_close(w[[1, 3, 4]], g)  # old levels: identical rows
+    torch.testing.assert_close(w[2], (g[0] + g[1]) / 2)  # midway in log-λ
+    torch.testing.assert_close(w[0], g[0] - (g[1] - g[0]) / 2)  # extrapolated from the end pair
+    x, t = torch.rand(1, 3, 64, 64), torch.tensor([1.0])
+    with torch.no_grad():
+        a, b = model(x, torch.tensor([0.0])), wider(x, t)
+    torch.testing.assert_close(a["x_hat"], b["x_hat"])  # same weights at the same λ

@@ -192,6 +192,22 @@ class VariableRateCodec(nn.Module):
         f = (t - i.float())[:, None]
         return ((1 - f) * g[i] + f * g[i + 1])[:, :, None, None]
 
+    def relevel(self, lambdas: tuple[float, ...]) -> "VariableRateCodec":
+        """A copy at other rate levels: each gain table row is interpolated linearly in log-λ
+        between the two nearest old levels, extrapolated from the end pair outside them
+        (gains of a trained model vary smoothly with log-λ, so new levels start close)."""
+        old = torch.tensor(self.config.lambdas, dtype=torch.float64).log()
+        new = torch.tensor(lambdas, dtype=torch.float64).log()
+        j = (torch.searchsorted(old, new) - 1).clamp(0, len(old) - 2)
+        f = ((new - old[j]) / (old[j + 1] - old[j])).float()[:, None]
+        model = VariableRateCodec(CodecConfig(**{**asdict(self.config), "lambdas": tuple(lambdas)}))
+        state = self.state_dict()
+        for k in ("log_gain", "log_inv_gain", "log_hgain", "log_inv_hgain"):
+            t = state[k].float()
+            state[k] = (1 - f) * t[j] + f * t[j + 1]
+        model.load_state_dict(state)
+        return model
+
     def lmbda(self, t: torch.Tensor) -> torch.Tensor:
         lam = torch.tensor(self.config.lambdas, device=t.device).log()
         i = t.floor().clamp(0, len(self.config.lambdas) - 2).long()

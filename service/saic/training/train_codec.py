@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--n", type=int, default=CodecConfig.n)
     ap.add_argument("--m", type=int, default=CodecConfig.m)
+    ap.add_argument("--lambdas", type=lambda v: tuple(float(x) for x in v.split(",")),
+                    help="comma list of rate levels; a loaded model at other levels is re-levelled (new gain rows)")
     ap.add_argument("--log-every", type=int, default=200)
     ap.add_argument("--save-every", type=int, default=500)
     args = ap.parse_args(argv)
@@ -68,8 +70,11 @@ def main(argv: list[str] | None = None) -> None:
         model, ck = load_model(ckpt if ckpt.exists() else args.init)
         step = ck["step"]
         extra = {k: ck.get(k, v) for k, v in extra.items()}
+        if args.lambdas and args.lambdas != model.config.lambdas:
+            model, ck = model.relevel(args.lambdas), {k: v for k, v in ck.items() if k != "opt"}
     else:
-        model, ck, step = VariableRateCodec(CodecConfig(n=args.n, m=args.m)), None, 0
+        cfg = CodecConfig(n=args.n, m=args.m, **({"lambdas": args.lambdas} if args.lambdas else {}))
+        model, ck, step = VariableRateCodec(cfg), None, 0
     model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     if ck is not None and ckpt.exists() and "opt" in ck:
