@@ -11,7 +11,7 @@ function on the path that drives the entropy coder.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, asdict
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -200,7 +200,7 @@ class VariableRateCodec(nn.Module):
         new = torch.tensor(lambdas, dtype=torch.float64).log()
         j = (torch.searchsorted(old, new) - 1).clamp(0, len(old) - 2)
         f = ((new - old[j]) / (old[j + 1] - old[j])).float()[:, None]
-        model = VariableRateCodec(CodecConfig(**{**asdict(self.config), "lambdas": tuple(lambdas)}))
+        model = VariableRateCodec(replace(self.config, lambdas=tuple(lambdas)))
         state = self.state_dict()
         for k in ("log_gain", "log_inv_gain", "log_hgain", "log_inv_hgain"):
             t = state[k].float()

@@ -98,8 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     stop = []  # SIGTERM/SIGINT: finish the step, save, exit (nothing is lost)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(True))
+    lr_drop_at = t0 + (args.minutes - args.final_minutes) * 60 if args.final_lr else float("inf")
     while not stop and step < args.max_steps and time.time() - t0 < args.minutes * 60:
-        if args.final_lr and time.time() - t0 >= (args.minutes - args.final_minutes) * 60 and opt.param_groups[0]["lr"] != args.final_lr:
+        if time.time() >= lr_drop_at:
+            lr_drop_at = float("inf")
             for g in opt.param_groups:
                 g["lr"] = args.final_lr
             print(json.dumps({"step": step, "lr": args.final_lr}), file=log, flush=True)
