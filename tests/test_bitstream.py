@@ -51,12 +51,15 @@ substreams = st.lists(st.binary(max_size=300), min_size=1, max_size=8)
     height=st.integers(1, bs.MAX_SIDE),
     quality=st.integers(0, 100),
     subs=substreams,
+    downscale=st.sampled_from(bs.DOWNSCALES),
 )
-def test_round_trip(tag: int, width: int, height: int, quality: int, subs: list[bytes]) -> None:
-    data = bs.pack(tag, width, height, quality, subs)
+def test_round_trip(tag: int, width: int, height: int, quality: int, subs: list[bytes], downscale: int) -> None:
+    data = bs.pack(tag, width, height, quality, subs, downscale)
     out = bs.unpack(data)
     h = out.header
     assert (h.version, h.model_tag, h.width, h.height, h.quality) == (1, tag, width, height, quality)
+    assert h.downscale == downscale
+    assert h.coded_size == ((height + 1) // 2, (width + 1) // 2) if downscale == 2 else (height, width)
     assert out.substreams == tuple(subs)
     assert h.header_bytes == len(data) - sum(map(len, subs)) - 2
     assert out.overhead_bytes == len(data) - sum(map(len, subs))
@@ -75,7 +78,7 @@ def test_arbitrary_bytes_only_typed_errors_and_canonical(junk: bytes, cut: int) 
         except BitstreamError:
             continue
         h = out.header
-        assert bs.pack(h.model_tag, h.width, h.height, h.quality, out.substreams) == data
+        assert bs.pack(h.model_tag, h.width, h.height, h.quality, out.substreams, h.downscale) == data
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**21, 2**28, 2**32 - 1])
@@ -125,7 +128,18 @@ def test_unknown_version(version: int) -> None:
         bs.unpack(with_crc(bytes(data[:-2])))
 
 
-@pytest.mark.parametrize("flags", [0x2, 0x4, 0x8, 0xF])
+def test_half_resolution_flag() -> None:
+    """Flag bit 1 marks a half-resolution stream: same size fields, one flag bit more."""
+    data = bs.pack(0x3C7E, 64, 64, 40, [PAYLOAD], downscale=2)
+    assert data[1] == 0x12 and data[2:-2] == GOLDEN[2:-2]
+    h = bs.unpack(data).header
+    assert (h.width, h.height, h.downscale, h.coded_size) == (64, 64, 2, (32, 32))
+    assert bs.Header(1, 0, 7, 5, 0, 8, 2).coded_size == (3, 4)
+    with pytest.raises(ValueError, match="downscale"):
+        bs.pack(0x3C7E, 64, 64, 40, [PAYLOAD], downscale=4)
+
+
+@pytest.mark.parametrize("flags", [0x4, 0x8, 0xF, 0x6])
 def test_reserved_flags(flags: int) -> None:
     data = bytearray(GOLDEN)
     data[1] = 0x10 | flags

@@ -48,6 +48,18 @@ def test_pipes_and_target_bpp(png: Path):
     assert d.returncode == 0 and d.stdout.startswith(b"\x89PNG")
 
 
+def test_half_resolution(png: Path, tmp_path: Path):
+    out = tmp_path / "h.saic"
+    r = saic("compress", str(png), str(out), "--quality", "30", "--half")
+    assert r.returncode == 0, r.stderr.decode()
+    assert b"at half resolution" in r.stderr and b"PSNR" in r.stderr
+    assert bitstream.read_header(out.read_bytes()).downscale == 2
+    r = saic("decompress", str(out), str(tmp_path / "h.png"))
+    assert r.returncode == 0 and Image.open(tmp_path / "h.png").size == (100, 72)
+    r = saic("compress", str(png), str(out), "--target-bpp", "0.1", "--half")
+    assert r.returncode == 2 and b"--half goes with --quality" in r.stderr
+
+
 def test_folders_and_errors(png: Path, tmp_path: Path):
     (tmp_path / "notes.png").write_bytes(b"not an image")
     r = saic("compress", str(tmp_path), str(tmp_path / "out"), "--no-psnr")

@@ -99,11 +99,62 @@ def test_target_bpp_is_a_cap_and_tight(model):
     x = natural_image(128, 128)
     target = 0.5
     data = model.compress_to_bpp(x, target)
-    q = bitstream.read_header(data).quality
+    h = bitstream.read_header(data)
+    q = h.quality
     assert 8 * len(data) / x[..., 0].size <= target or q == 0
     if q < 100:
-        above = model.compress_batch([x], [q + 1])[0]
+        above = model.compress_batch([x], [q + 1], downscales=[h.downscale])[0]
         assert 8 * len(above) / x[..., 0].size > target
+
+
+def test_half_resolution_extends_the_low_end(model):
+    """downscale=2 codes a half-size copy: about a quarter of the bits, full-size output, and
+    quality still buys fidelity; batches mixing both resolutions equal single calls."""
+    x = natural_image(128, 192)
+    native0 = model.compress_batch([x], [0])[0]
+    half = model.compress_batch([x, x], [0, 100], downscales=[2, 2])
+    assert [bitstream.read_header(d).downscale for d in half] == [2, 2]
+    assert bitstream.read_header(half[0]).coded_size == (64, 96)
+    assert len(half[0]) < 0.6 * len(native0)  # a quarter of the pixels, but padding and fixed costs
+    dec = model.decompress_batch(half)
+    assert all(d.shape == x.shape for d in dec)
+    assert 18.0 < psnr(x, dec[0]) < psnr(x, dec[1])
+    mixed = model.compress_batch([x, x], [50, 50], downscales=[1, 2])
+    assert mixed == [model.compress_batch([x], [50])[0], model.compress_batch([x], [50], downscales=[2])[0]]
+    for h, w in [(1, 1), (3, 2), (65, 33)]:
+        data = model.compress_batch([natural_image(h, w)], [40], downscales=[2])[0]
+        assert model.decompress_batch([data])[0].shape == (h, w, 3)
+    with pytest.raises(InvalidParameterError, match="downscale"):
+        model.compress_batch([x], [50], downscales=[3])
+
+
+def test_target_bpp_below_quality_0_switches_to_half_resolution(model):
+    x = natural_image(256, 256)
+    pixels = x[..., 0].size
+    native0 = 8 * len(model.compress_batch([x], [0])[0]) / pixels
+    target = 0.6 * native0
+    data = model.compress_to_bpp(x, target)
+    h = bitstream.read_header(data)
+    assert h.downscale == 2 and 8 * len(data) / pixels <= target
+    above = model.compress_batch([x], [h.quality + 1], downscales=[2])[0]
+    assert h.quality == 100 or 8 * len(above) / pixels > target
+    smallest = model.compress_to_bpp(x, 1e-6)  # nothing fits: the smallest stream there is
+    assert (bitstream.read_header(smallest).downscale, bitstream.read_header(smallest).quality) == (2, 0)
+
+
+def test_target_bpp_keeps_the_resolution_that_decodes_closer(model):
+    """Where both resolutions fit the cap at low quality, the lower-MSE one is returned; at
+    high rates the half-resolution search is skipped."""
+    x = natural_image(256, 256)
+    pixels = x[..., 0].size
+    target = 8 * len(model.compress_batch([x], [10])[0]) / pixels
+    full, full_fits = model._search_bpp(x, 1, target, None)
+    half, half_fits = model._search_bpp(x, 2, target, None)
+    assert full_fits and half_fits
+    errs = [psnr(x, model.decompress_batch([d])[0]) for d in (full, half)]
+    assert model.compress_to_bpp(x, target) == (half if errs[1] > errs[0] else full)
+    high = model.compress_to_bpp(x, 8 * len(model.compress_batch([x], [90])[0]) / pixels)
+    assert bitstream.read_header(high).downscale == 1
 
 
 def test_large_image_uses_parallel_substreams(model):
@@ -151,6 +202,12 @@ def test_golden_bitstream_decodes_to_golden_pixels(model):
     assert _latent_hash(model, data) == spec["latent_sha256"]
     pixels = model.decompress_batch([data])[0]
     assert hashlib.sha256(pixels.tobytes()).hexdigest() == spec["pixels_sha256"]
+    half = spec["half"]  # a half-resolution stream: its latents, and pixels after the upsampling
+    data = (GOLDEN / half["bitstream"]).read_bytes()
+    assert bitstream.read_header(data).downscale == 2
+    assert _latent_hash(model, data) == half["latent_sha256"]
+    pixels = model.decompress_batch([data])[0]
+    assert hashlib.sha256(pixels.tobytes()).hexdigest() == half["pixels_sha256"]
 
 
 # ------------------------------------------------------------------ malformed input
@@ -228,3 +285,21 @@ def test_tiny_images_round_trip_at_every_quality(model):
     x = natural_image(64, 64)
     scores = [psnr(x, model.decompress_batch(model.compress_batch([x], [q]))[0]) for q in (0, 50, 100)]
     assert scores[0] < scores[1] < scores[2], scores
+
+
+def test_top_level_api_on_pil_and_numpy():
+    """`saic.compress`/`saic.decompress`: PIL or numpy in, quality, bpp cap or half resolution."""
+    import saic
+    from PIL import Image
+
+    x = natural_image(64, 96)
+    y = saic.decompress(saic.compress(Image.fromarray(x), quality=80))
+    assert y.shape == x.shape and psnr(x, y) > 20
+    capped = saic.compress(x, target_bpp=0.8)
+    assert 8 * len(capped) / (64 * 96) <= 0.8
+    half = saic.compress(x, quality=80, downscale=2)
+    assert bitstream.read_header(half).downscale == 2 and saic.decompress(half).shape == x.shape
+    with pytest.raises(InvalidParameterError):
+        saic.compress(x, quality=50, target_bpp=0.5)
+    with pytest.raises(InvalidParameterError):
+        saic.compress(x, target_bpp=0.5, downscale=2)

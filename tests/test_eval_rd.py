@@ -92,9 +92,14 @@ def test_our_model_through_rd(image_dir: Path, tmp_path: Path) -> None:
     if model is None:
         pytest.skip("no shipped codec model under models/")
     doc = run_rd(image_dir, tmp_path, model=model, baselines=["jpeg420"], model_qualities=[10, 90],
-                 show_progress=False, plot=False)
-    (ours,) = [k for k in doc["codecs"] if k.startswith("saic:")]
+                 half_qualities=[0, 100], show_progress=False, plot=False)
+    ours, half = sorted(k for k in doc["codecs"] if k.startswith("saic:"))
+    assert half == ours + ":half"
     lo, hi = doc["codecs"][ours]["points"]
+    h0, h100 = doc["codecs"][half]["points"]
+    assert h0["bpp"] < h100["bpp"] and h0["psnr"] < h100["psnr"] and h0["bpp"] < lo["bpp"]
+    assert doc["bd"]["ours_with_half"][0]["anchor"] == "jpeg420"
+    assert "full or half resolution" in (tmp_path / "bd_rate.md").read_text()
     assert lo["bpp"] < hi["bpp"] and lo["psnr"] < hi["psnr"]
     assert 0 < lo["payload_bpp"] < lo["bpp"]
     assert set(doc["codecs"][ours]["stage_seconds"]) >= {"analysis", "synthesis"}

@@ -68,6 +68,22 @@ def test_target_bpp(http, photo_png) -> None:
     assert float(r.headers["x-saic-bpp"]) <= 1.5 or int(r.headers["x-saic-quality"]) == 0
 
 
+def test_target_bpp_below_quality_0_codes_half_resolution(http) -> None:
+    """A cap under full-resolution quality 0 gets a half-resolution stream that decodes at full size."""
+    from saic.codec import bitstream as bs
+
+    photo = make_photo(256, 320, seed=5)  # large enough that the 64-pixel padding does not dominate
+    photo_png = encode(photo)
+    q0 = http.post("/v1/compress?quality=0", content=photo_png, headers={"content-type": "image/png"})
+    cap = 0.8 * float(q0.headers["x-saic-bpp"])
+    r = http.post(f"/v1/compress?target_bpp={cap}", content=photo_png, headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    assert bs.read_header(r.content).downscale == 2 and float(r.headers["x-saic-bpp"]) <= cap
+    d = http.post("/v1/decompress", content=r.content)
+    assert d.status_code == 200
+    assert Image.open(io.BytesIO(d.content)).size == (photo.shape[1], photo.shape[0])
+
+
 def test_decompress_formats_by_parameter_and_accept(http, bitstream) -> None:
     r = http.post("/v1/decompress?format=webp", content=bitstream)
     assert r.status_code == 200 and r.headers["content-type"] == "image/webp"

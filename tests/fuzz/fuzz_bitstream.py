@@ -24,7 +24,7 @@ def check(data: bytes) -> None:
         return
     h = out.header
     assert header == h, "read_header and unpack disagree"
-    assert pack(h.model_tag, h.width, h.height, h.quality, out.substreams) == data, "not canonical"
+    assert pack(h.model_tag, h.width, h.height, h.quality, out.substreams, h.downscale) == data, "not canonical"
 
 
 def seeds() -> list[bytes]:
@@ -32,5 +32,6 @@ def seeds() -> list[bytes]:
         pack(0x3C7E, 64, 64, 40, [bytes(range(50))]),
         pack(0xBEEF, 768, 512, 100, [b"", b"\x01" * 200, b"xyz", bytes(range(256))]),
         pack(0, 65536, 1, 0, [b""] * 256),
+        pack(0x1234, 97, 33, 20, [b"\x07" * 40, b"ab"], downscale=2),
     ]
 

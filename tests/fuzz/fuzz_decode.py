@@ -35,13 +35,13 @@ def stream_from_bytes(data: bytes) -> bytes:
     """Fuzzer bytes -> a canonical container with a valid CRC and the model's tag."""
     head = data[:PREFIX].ljust(PREFIX, b"\0")
     width, height = 1 + head[0] % MAX_SIDE, 1 + head[1] % MAX_SIDE
-    quality, k = head[2] % 101, 1 + head[3] % 4
+    quality, k, downscale = head[2] % 101, 1 + head[3] % 4, 2 if head[3] & 0x80 else 1
     body = data[PREFIX:]
     cuts = sorted({0, len(body)} | {(head[4] * (i + 1) * 131) % (len(body) + 1) for i in range(k - 1)})
     subs = [body[a:b] for a, b in zip(cuts, cuts[1:])] or [b""]
     while len(subs) < k:
         subs.append(b"")
-    return bs.pack(model().tag, width, height, quality, subs[:k])
+    return bs.pack(model().tag, width, height, quality, subs[:k], downscale)
 
 
 def prepare() -> None:
@@ -68,4 +68,6 @@ def seeds() -> list[bytes]:
     out = [bytes([(h.width - 1) % MAX_SIDE, (h.height - 1) % MAX_SIDE, h.quality, 0, 0]) + payload]
     out += [bytes([63, 63, q, 0, 0]) + payload for q in (0, 100)]
     out += [bytes([7, 200, 50, 2, 17]) + payload[:300], bytes(5), b"\xff" * 40]
+    half = bs.unpack((GOLDEN.parent / "golden_half.saic").read_bytes())
+    out.append(bytes([half.header.width - 1, half.header.height - 1, half.header.quality, 0x80, 0]) + half.substreams[0])
     return out

@@ -2,8 +2,9 @@
 
     python tests/golden/make_golden.py
 
-Writes golden.saic (a fixed synthetic image, compressed by the default model) and
-golden.json (model hash, sha256 of the decoded latents and of the decoded pixels).
+Writes golden.saic (a fixed synthetic image, compressed by the default model),
+golden_half.saic (the same at half resolution) and golden.json (model hash, sha256 of the
+decoded latents and of the decoded pixels of each).
 The bitstream is only regenerated when the model changes; the test then decodes the
 committed bytes on every CI run.
 """
@@ -30,19 +31,22 @@ def golden_image() -> np.ndarray:
     return np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8)
 
 
-def main() -> None:
-    model = ModelRegistry(HERE.parents[1] / "models").get()
-    data = model.compress_batch([golden_image()], [60])[0]
+def _golden(model, name: str, downscale: int) -> dict:
+    data = model.compress_batch([golden_image()], [60], downscales=[downscale])[0]
     latents = model.decode_latents([model.parse(data)])
     pixels = model.decompress_batch([data])[0]
-    (HERE / "golden.saic").write_bytes(data)
-    spec = {
-        "model_id": model.id,
-        "model_sha256": model.sha256,
-        "bitstream": "golden.saic",
+    (HERE / name).write_bytes(data)
+    return {
+        "bitstream": name,
         "latent_sha256": hashlib.sha256(latents.tobytes()).hexdigest(),
         "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
     }
+
+
+def main() -> None:
+    model = ModelRegistry(HERE.parents[1] / "models").get()
+    spec = {"model_id": model.id, "model_sha256": model.sha256, **_golden(model, "golden.saic", 1)}
+    spec["half"] = _golden(model, "golden_half.saic", 2)
     (HERE / "golden.json").write_text(json.dumps(spec, indent=2) + "\n")
     print(json.dumps(spec))
 

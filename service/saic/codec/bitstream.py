@@ -20,7 +20,10 @@ from .errors import BadMagicError, CorruptError, ImageTooLargeError, TruncatedEr
 
 MAGIC = 0xA5
 VERSION = 1
-FLAG_MULTI = 0x01  # more than one substream; the other 3 flag bits are reserved (must be 0)
+FLAG_MULTI = 0x01  # more than one substream
+FLAG_HALF = 0x02  # coded at half resolution (ceil(W/2) x ceil(H/2)); the decoder upsamples to W x H
+KNOWN_FLAGS = FLAG_MULTI | FLAG_HALF  # the other 2 flag bits are reserved (must be 0)
+DOWNSCALES = (1, 2)
 MAX_SIDE = 65536
 MAX_QUALITY = 100
 MAX_SUBSTREAMS = 256
@@ -37,6 +40,12 @@ class Header:
     height: int
     quality: int
     header_bytes: int  # bytes before the first substream (everything but substreams and CRC)
+    downscale: int = 1  # 2: the latent codes a half-resolution image (FLAG_HALF)
+
+    @property
+    def coded_size(self) -> tuple[int, int]:
+        """(height, width) of the image the latent codes: the output size, or half of it rounded up."""
+        return coded_size(self.height, self.width, self.downscale)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,11 @@ class Bitstream:
     def overhead_bytes(self) -> int:
         """Container bytes that carry no entropy-coded data: header + CRC."""
         return self.header.header_bytes + CRC_BYTES
+
+
+def coded_size(height: int, width: int, downscale: int) -> tuple[int, int]:
+    """(height, width) coded for an output of height x width at this downscale (1 or 2)."""
+    return -(-height // downscale), -(-width // downscale)
 
 
 def crc16(data: bytes | bytearray | memoryview) -> int:
@@ -67,13 +81,18 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
-def pack(model_tag: int, width: int, height: int, quality: int, substreams: Sequence[bytes]) -> bytes:
+def pack(
+    model_tag: int, width: int, height: int, quality: int, substreams: Sequence[bytes], downscale: int = 1
+) -> bytes:
     """Wrap entropy-coded substreams in a v1 container.  ValueError/TypeError on bad arguments
-    (programmer errors: callers validate client input before they get here)."""
+    (programmer errors: callers validate client input before they get here).  width x height is
+    the output size; with downscale=2 the substreams code a half-resolution image."""
     model_tag = _checked("model_tag", model_tag, 0, 0xFFFF)
     width = _checked("width", width, 1, MAX_SIDE)
     height = _checked("height", height, 1, MAX_SIDE)
     quality = _checked("quality", quality, 0, MAX_QUALITY)
+    if downscale not in DOWNSCALES:
+        raise ValueError(f"downscale={downscale!r} not in {DOWNSCALES}")
     if isinstance(substreams, (bytes, bytearray, memoryview)):
         raise TypeError("substreams must be a sequence of bytes objects, not a single bytes object")
     subs = list(substreams)
@@ -83,7 +102,8 @@ def pack(model_tag: int, width: int, height: int, quality: int, substreams: Sequ
         if not isinstance(s, (bytes, bytearray, memoryview)):
             raise TypeError(f"substream {i} is {type(s).__name__}, expected bytes")
     multi = len(subs) > 1
-    out = bytearray((MAGIC, VERSION << 4 | (FLAG_MULTI if multi else 0)))
+    flags = (FLAG_MULTI if multi else 0) | (FLAG_HALF if downscale == 2 else 0)
+    out = bytearray((MAGIC, VERSION << 4 | flags))
     out += model_tag.to_bytes(2, "big")
     out += encode_varint(width - 1) + encode_varint(height - 1)
     out.append(quality)
@@ -170,7 +190,7 @@ def _parse_header(data: memoryview, max_pixels: int | None) -> tuple[Header, tup
     version, flags = vf >> 4, vf & 0x0F
     if version != VERSION:
         raise UnsupportedVersionError(f"bitstream format version {version}; this build reads version {VERSION}")
-    if flags & ~FLAG_MULTI:
+    if flags & ~KNOWN_FLAGS:
         raise UnsupportedVersionError(f"reserved flag bits set ({flags:#x}): written by a newer saic")
     model_tag = r.byte("model tag") << 8
     model_tag |= r.byte("model tag")
@@ -189,7 +209,8 @@ def _parse_header(data: memoryview, max_pixels: int | None) -> tuple[Header, tup
         if not 2 <= k <= MAX_SUBSTREAMS:
             raise CorruptError(f"multi-substream flag with {k} substreams (must be 2..{MAX_SUBSTREAMS})")
     lengths = tuple(r.varint(f"length of substream {i}") for i in range(k))
-    return Header(version, model_tag, width, height, quality, r.pos), lengths
+    downscale = 2 if flags & FLAG_HALF else 1
+    return Header(version, model_tag, width, height, quality, r.pos, downscale), lengths
 
 
 def _missing_part(size: int, start: int, lengths: tuple[int, ...]) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import bitstream
 from .errors import SaicError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".gif"}
@@ -26,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     rate = c.add_mutually_exclusive_group()
     rate.add_argument("-q", "--quality", type=int, help="0..100, higher is more bits (default 50)")
     rate.add_argument("-b", "--target-bpp", type=float, help="highest quality at or under this many bits per pixel")
+    c.add_argument(
+        "--half",
+        action="store_true",
+        help="code a half-resolution copy (about 1/4 of the bits: rates below quality 0); --target-bpp picks full or "
+        "half resolution itself",
+    )
     c.add_argument("-m", "--model", help="model id (default: the registry's default)")
     c.add_argument("--model-dir", type=Path, help="folder of model directories (default: $SAIC_MODEL_DIR or models/)")
     c.add_argument("--no-psnr", action="store_true", help="do not decode to report PSNR")
@@ -85,6 +92,9 @@ def _registry(model_dir: Path | None):
 def _compress(args: argparse.Namespace) -> int:
     from .image import decode_image
 
+    if args.half and args.target_bpp is not None:
+        print("saic compress: --half goes with --quality (--target-bpp chooses the resolution itself)", file=sys.stderr)
+        return 2
     reg = _registry(args.model_dir)
     model = reg.get(args.model)
     pairs = _pairs(args.input, args.output, IMAGE_SUFFIXES, STREAM_SUFFIX)
@@ -95,10 +105,14 @@ def _compress(args: argparse.Namespace) -> int:
             if args.target_bpp is not None:
                 data = model.compress_to_bpp(rgb, args.target_bpp)
             else:
-                data = model.compress_batch([rgb], [50 if args.quality is None else args.quality])[0]
+                q = 50 if args.quality is None else args.quality
+                data = model.compress_batch([rgb], [q], downscales=[2 if args.half else 1])[0]
             write_output(dst, data)
             bpp = 8 * len(data) / (rgb.shape[0] * rgb.shape[1])
-            msg = f"{src}: {rgb.shape[1]}x{rgb.shape[0]} -> {len(data)} bytes, {bpp:.4f} bpp"
+            header = bitstream.read_header(data)
+            msg = f"{src}: {rgb.shape[1]}x{rgb.shape[0]} -> {len(data)} bytes, {bpp:.4f} bpp, quality {header.quality}"
+            if header.downscale != 1:
+                msg += " at half resolution"
             if not args.no_psnr:
                 rec = model.decompress_batch([data])[0]
                 mse = np.mean((rec.astype(np.float64) - rgb) ** 2)

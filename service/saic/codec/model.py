@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from . import bitstream, entropy, fixedpoint
 from .errors import InvalidParameterError, ModelLoadError, ModelMismatchError
@@ -26,6 +27,9 @@ TILE = 1024  # analysis/synthesis run on tiles of at most this many pixels a sid
 HALO = 32  # context around a tile: beyond the receptive field's reach, so tiling changes no bit (tested)
 SYMBOLS_PER_SUBSTREAM = 1 << 16
 MAX_SUBSTREAMS = 8
+# compress_to_bpp also tries half resolution when full resolution fits only at or below this quality
+# (half-resolution quality 100 is ~0.29 bpp on Kodak, full-resolution quality 30 ~0.33: docs/codec.md)
+HALF_SEARCH_BELOW_QUALITY = 40
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 GRAPH_OPTIMIZATION = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -184,41 +188,80 @@ class CodecModel:
 
     # ---------------------------------------------------------------- encode
     def compress_batch(
-        self, images: Sequence[np.ndarray], qualities: Sequence[int], timings: dict[str, float] | None = None
+        self,
+        images: Sequence[np.ndarray],
+        qualities: Sequence[int],
+        timings: dict[str, float] | None = None,
+        downscales: Sequence[int] | None = None,
     ) -> list[bytes]:
-        """HxWx3 uint8 images -> bitstreams; same-size (after padding) images share ONNX runs."""
-        if len(images) != len(qualities):
-            raise ValueError("one quality per image")
+        """HxWx3 uint8 images -> bitstreams; same-size (after padding) images share ONNX runs.
+        downscales: per image 1 (default) or 2, which codes a half-resolution copy (the low-rate
+        end below quality 0: docs/codec.md)."""
+        if len(images) != len(qualities) or (downscales is not None and len(downscales) != len(images)):
+            raise ValueError("one quality (and downscale) per image")
         qs = [self._check_quality(q) for q in qualities]
+        ds = [1] * len(images) if downscales is None else [self._check_downscale(d) for d in downscales]
         for im in images:
             self._check_image(im)
+        coded = list(images)
+        if 2 in ds:
+            with _timed(timings, "resample"):
+                coded = [downsample(im) if d == 2 else im for im, d in zip(images, ds)]
         out: list[bytes] = [b""] * len(images)
-        for idx in self._groups([im.shape[:2] for im in images]):
-            y = self._analyse([images[i] for i in idx], timings)
+        for idx in self._groups([im.shape[:2] for im in coded]):
+            y = self._analyse([coded[i] for i in idx], timings)
             shapes = [images[i].shape[:2] for i in idx]
-            for i, data in zip(idx, self._encode(y, [qs[i] for i in idx], shapes, timings)):
+            for i, data in zip(idx, self._encode(y, [qs[i] for i in idx], shapes, [ds[i] for i in idx], timings)):
                 out[i] = data
         return out
 
     def compress_to_bpp(self, image: np.ndarray, target_bpp: float, timings: dict[str, float] | None = None) -> bytes:
-        """Highest quality whose whole bitstream is at most target_bpp (quality 0 if none is)."""
+        """Highest quality whose whole bitstream is at most target_bpp, at full or half resolution.
+
+        Low rates are also searched at half resolution (docs/codec.md: on Kodak it beats the
+        model's own lowest levels below ~0.2 bpp); when both fit below half resolution's top
+        quality, the one that decodes closer to the image (squared error) wins.  Nothing fits:
+        half-resolution quality 0, the smallest stream this model writes."""
         if not (target_bpp > 0 and np.isfinite(target_bpp)):
             raise InvalidParameterError(f"target_bpp must be a positive number, got {target_bpp}")
         self._check_image(image)
-        y = self._analyse([image], timings)
+        full, full_fits = self._search_bpp(image, 1, target_bpp, timings)
+        if full_fits and bitstream.read_header(full).quality > HALF_SEARCH_BELOW_QUALITY:
+            return full
+        half, half_fits = self._search_bpp(image, 2, target_bpp, timings)
+        if not (full_fits and half_fits):
+            return full if full_fits else half
+        if bitstream.read_header(half).quality == fixedpoint.QUALITY_MAX:
+            return full  # the cap is past where half resolution saturates (its upsampling blur)
+        errors = [_squared_error(image, im) for im in self.decompress_batch([full, half], timings)]
+        return half if errors[1] < errors[0] else full
+
+    def _search_bpp(
+        self, image: np.ndarray, downscale: int, target_bpp: float, timings: dict[str, float] | None
+    ) -> tuple[bytes, bool]:
+        """(highest-quality stream at this resolution within target_bpp, True), else (quality 0, False)."""
+        coded = image
+        if downscale != 1:
+            with _timed(timings, "resample"):
+                coded = downsample(image)
+        y = self._analyse([coded], timings)
         pixels = image.shape[0] * image.shape[1]
+
+        def encode(q: int) -> bytes:
+            return self._encode(y, [q], [image.shape[:2]], [downscale], timings)[0]
+
         lo, hi = 0, fixedpoint.QUALITY_MAX
-        best = self._encode(y, [lo], [image.shape[:2]], timings)[0]
+        best = encode(lo)
         if 8 * len(best) / pixels > target_bpp:
-            return best
+            return best, False
         while lo < hi:  # invariant: quality lo fits; bpp grows with quality
             mid = (lo + hi + 1) // 2
-            data = self._encode(y, [mid], [image.shape[:2]], timings)[0]
+            data = encode(mid)
             if 8 * len(data) / pixels <= target_bpp:
                 lo, best = mid, data
             else:
                 hi = mid - 1
-        return best
+        return best, True
 
     def _analyse(self, images: list[np.ndarray], timings: dict[str, float] | None) -> np.ndarray:
         """Same-padded-size images -> y (B,M,ph/16,pw/16), tile by tile for large images."""
@@ -262,8 +305,14 @@ class CodecModel:
         return out
 
     def _encode(
-        self, y: np.ndarray, qs: list[int], shapes: list[tuple[int, int]], timings: dict[str, float] | None
+        self,
+        y: np.ndarray,
+        qs: list[int],
+        shapes: list[tuple[int, int]],
+        downscales: list[int],
+        timings: dict[str, float] | None,
     ) -> list[bytes]:
+        """Latents of one padded size -> bitstreams; shapes are the output (not coded) sizes."""
         a = self._arrays
         y_g = y * np.stack([fixedpoint.interp_float(a["gain"], q) for q in qs])[:, :, None, None]
         with _timed(timings, "hyper_analysis"):
@@ -280,7 +329,7 @@ class CodecModel:
                 enc = entropy.encode_z(self._tables, z_hat[i])
                 subs = entropy.encode_y(self._tables, enc, sym[i], index[i], k)
                 h, w = shapes[i]
-                out.append(bitstream.pack(self.tag, w, h, q, subs))
+                out.append(bitstream.pack(self.tag, w, h, q, subs, downscales[i]))
         return out
 
     # ---------------------------------------------------------------- decode
@@ -288,10 +337,14 @@ class CodecModel:
         """Bitstreams -> HxWx3 uint8 images."""
         parsed = [self.parse(s) for s in streams]
         out: list[np.ndarray] = [np.zeros(0)] * len(parsed)
-        for idx in self._groups([(p.header.height, p.header.width) for p in parsed]):
+        for idx in self._groups([p.header.coded_size for p in parsed]):
             y_hat = self.decode_latents([parsed[i] for i in idx], timings)
-            shapes = [(parsed[i].header.height, parsed[i].header.width) for i in idx]
+            shapes = [parsed[i].header.coded_size for i in idx]
             for i, im in zip(idx, self._synthesise(y_hat, shapes, timings)):
+                h = parsed[i].header
+                if h.downscale != 1:
+                    with _timed(timings, "resample"):
+                        im = upsample(im, h.height, h.width)
                 out[i] = im
         return out
 
@@ -308,7 +361,7 @@ class CodecModel:
         """Same-padded-size bitstreams -> inverse-gained latents y_hat (B,M,h,w) float32: no pixels.
         (The compressed-domain classifier reads these.)"""
         a = self._arrays
-        ph, pw = padded_size(items[0].header.height, items[0].header.width)
+        ph, pw = padded_size(*items[0].header.coded_size)
         nz = a["hgain"].shape[1]
         zs, decoders = [], []
         with _timed(timings, "entropy_decode"):
@@ -334,6 +387,12 @@ class CodecModel:
             raise InvalidParameterError(f"quality must be an integer in [0, {fixedpoint.QUALITY_MAX}], got {q!r}")
         return int(q)
 
+    @staticmethod
+    def _check_downscale(d: int) -> int:
+        if isinstance(d, bool) or d not in bitstream.DOWNSCALES:
+            raise InvalidParameterError(f"downscale must be one of {bitstream.DOWNSCALES}, got {d!r}")
+        return int(d)
+
     def _check_image(self, im: np.ndarray) -> None:
         from .errors import ImageTooLargeError, InvalidImageError
 
@@ -351,6 +410,28 @@ class CodecModel:
         for i, (h, w) in enumerate(shapes):
             groups.setdefault(padded_size(h, w), []).append(i)
         return list(groups.values())
+
+
+def _squared_error(a: np.ndarray, b: np.ndarray, rows: int = 256) -> int:
+    """Sum of squared differences of two uint8 images, exact, in row blocks (no full-size float copy)."""
+    total = 0
+    for r in range(0, a.shape[0], rows):
+        d = a[r : r + rows].astype(np.int32) - b[r : r + rows]
+        total += int(np.einsum("ijk,ijk->", d, d, dtype=np.int64))
+    return total
+
+
+def downsample(rgb: np.ndarray) -> np.ndarray:
+    """The half-resolution copy a downscale-2 stream codes: ceil(H/2) x ceil(W/2), Lanczos
+    (antialiased; measured a little better than box or bicubic at equal rate on Kodak)."""
+    h, w = bitstream.coded_size(*rgb.shape[:2], 2)
+    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.Resampling.LANCZOS))
+
+
+def upsample(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Decoded half-resolution pixels -> the output size (Pillow's Lanczos: 8-bit fixed-point
+    arithmetic, the same bytes on every machine for a given Pillow version)."""
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.LANCZOS))
 
 
 def _input_tile(images: list[np.ndarray], r0: int, r1: int, c0: int, c1: int) -> np.ndarray:

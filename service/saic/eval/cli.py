@@ -65,6 +65,8 @@ def register_rd(modes: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, required=True, help="folder of test images (e.g. ../shared/data/kodak)")
     p.add_argument("--out", type=Path, help="output folder (default: <model>/eval)")
     p.add_argument("--qualities", type=_csv_ints, help="our quality grid, e.g. 0,20,40,60,80,100")
+    p.add_argument("--half-qualities", type=_csv_ints,
+                   help="quality grid of our half-resolution series (default 0,20,40,60,80,100; '' to skip)")
     p.add_argument("--baselines", default=",".join(BASELINES), help=f"comma list from {','.join(BASELINES)}; '' for none")
     p.add_argument("--baselines-cache", type=Path, action="append", default=None,
                    help="extra cache file(s) of baseline results (rd.json format); repeatable")
@@ -92,6 +94,7 @@ def _run_rd(args: argparse.Namespace) -> int:
     baselines = [b for b in args.baselines.split(",") if b]
     doc = run_rd(
         args.images, args.out, model=args.model, baselines=baselines, model_qualities=args.qualities,
+        half_qualities=args.half_qualities,
         cache_files=caches, recompute_baselines=args.recompute_baselines,
         recompute_model=args.recompute, limit=args.limit,
         plot=not args.no_plot, threads=args.threads, show_progress=not args.quiet,

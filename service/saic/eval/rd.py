@@ -33,6 +33,7 @@ from .metrics import ms_ssim, ms_ssim_db, psnr
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm")
 RD_FORMAT = 1
 DEFAULT_OUR_QUALITIES = (0, 15, 30, 45, 60, 75, 90, 100)
+HALF_QUALITIES = (0, 20, 40, 60, 80, 100)  # the half-resolution series: the low-rate end below quality 0
 
 
 # ------------------------------------------------------------------ images
@@ -112,15 +113,18 @@ def baseline_codec(b: Baseline, qualities: Sequence[int] | None = None) -> Codec
     )
 
 
-def model_codec(model_path: str | Path, qualities: Sequence[int] | None = None, threads: int = 0) -> Codec:
-    """Our codec from a model directory (through the public batch API, timings accumulated)."""
+def model_codec(
+    model_path: str | Path, qualities: Sequence[int] | None = None, threads: int = 0, downscale: int = 1
+) -> Codec:
+    """Our codec from a model directory (through the public batch API, timings accumulated);
+    downscale=2 is its half-resolution series (name suffix ":half")."""
     from saic.codec import bitstream, load_model  # imported lazily: baselines-only runs need no model
 
     model = load_model(model_path) if not threads else _load_with_threads(model_path, threads)
     timings: dict[str, float] = {}
 
     def encode(rgb: np.ndarray, quality: int) -> bytes:
-        return model.compress_batch([rgb], [int(quality)], timings=timings)[0]
+        return model.compress_batch([rgb], [int(quality)], timings=timings, downscales=[downscale])[0]
 
     def decode(data: bytes) -> np.ndarray:
         return model.decompress_batch([data], timings=timings)[0]
@@ -130,9 +134,12 @@ def model_codec(model_path: str | Path, qualities: Sequence[int] | None = None, 
 
     if qualities is None:
         lo, hi = model.manifest.get("quality_range", [0, 100])
-        qualities = sorted({int(round(lo + (hi - lo) * (q / 100))) for q in DEFAULT_OUR_QUALITIES})
+        grid = DEFAULT_OUR_QUALITIES if downscale == 1 else HALF_QUALITIES
+        qualities = sorted({int(round(lo + (hi - lo) * (q / 100))) for q in grid})
+    half = downscale == 2
     return Codec(
-        f"saic:{model.id}", f"saic {model.id}", tuple(int(q) for q in qualities), encode, decode, payload,
+        f"saic:{model.id}" + (":half" if half else ""), f"saic {model.id}" + (" (half resolution)" if half else ""),
+        tuple(int(q) for q in qualities), encode, decode, payload,
         settings=f"model {model.id} (sha256 {model.sha256[:12]}), provider {model.provider}", timings=timings,
     )
 
@@ -278,6 +285,7 @@ def run_rd(
     model: str | Path | None = None,
     baselines: Sequence[str] = tuple(BASELINES),
     model_qualities: Sequence[int] | None = None,
+    half_qualities: Sequence[int] | None = None,
     cache_files: Sequence[str | Path] = (),
     recompute_baselines: bool = False,
     recompute_model: bool = False,
@@ -286,7 +294,8 @@ def run_rd(
     threads: int = 0,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """The `saic eval rd` run: writes rd.json, baselines_rd.json, bd_rate.md and rd.png."""
+    """The `saic eval rd` run: writes rd.json, baselines_rd.json, bd_rate.md and rd.png.
+    With a model, also its half-resolution series (half_qualities; empty to skip)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = list_images(image_dir)[: limit or None]
@@ -300,14 +309,20 @@ def run_rd(
     codecs: list[Codec] = [c for n, c in todo.items() if n not in cached]
     results: dict[str, Any] = {n: cached[n] for n in todo if n in cached}
     ours: Codec | None = None
+    half: Codec | None = None
     if model is not None:
         ours = model_codec(model, model_qualities, threads=threads)
-        # the same model file (sha256 in `settings`), grid and images: an earlier rd.json is still valid
-        prev = {} if recompute_model else load_cached_baselines([out / "rd.json"], fingerprint, {ours.name: ours})
-        if ours.name in prev:
-            results[ours.name] = prev[ours.name]
-        else:
-            codecs.append(ours)
+        if half_qualities is None or half_qualities:
+            half = model_codec(model, half_qualities, threads=threads, downscale=2)
+        for c in (ours, half):
+            if c is None:
+                continue
+            # the same model file (sha256 in `settings`), grid and images: an earlier rd.json is still valid
+            prev = {} if recompute_model else load_cached_baselines([out / "rd.json"], fingerprint, {c.name: c})
+            if c.name in prev:
+                results[c.name] = prev[c.name]
+            else:
+                codecs.append(c)
     total = sum(len(c.qualities) for c in codecs) * len(images)
     with tqdm(total=total, desc="rd", unit="enc", disable=not show_progress or total == 0) as bar:
         for c in codecs:
@@ -336,6 +351,11 @@ def run_rd(
     doc["bd"] = {"anchors": [row for n in base_names[1:] for row in bd_table(results, n, base_names[:1])]}
     if ours is not None:
         doc["bd"]["ours"] = bd_table(results, ours.name, base_names)
+    if ours is not None and half is not None:
+        # both resolutions: the efficient points of the union (an encoder picking the better one per rate)
+        both = {"label": f"{ours.label} (full or half resolution)",
+                "points": results[ours.name]["points"] + results[half.name]["points"]}
+        doc["bd"]["ours_with_half"] = bd_table({**results, "both": both}, "both", base_names)
     write_json(out / "rd.json", doc)
     (out / "bd_rate.md").write_text(bd_markdown(doc, ours.name if ours else None))
     if plot:
@@ -369,6 +389,9 @@ def bd_markdown(doc: dict[str, Any], ours: str | None) -> str:
     """The BD-rate report: ours vs each baseline, then the baselines vs the first one."""
     res = doc["codecs"]
     ds = doc["dataset"]
+    labels = {n: r["label"] for n, r in res.items()}
+    if ours:
+        labels["both"] = f"{res[ours]['label']} (full or half resolution)"
     lines = [
         f"# Rate–distortion: BD-rates on {ds['n_images']} images ({Path(ds['path']).name})",
         "",
@@ -384,18 +407,22 @@ def bd_markdown(doc: dict[str, Any], ours: str | None) -> str:
                       "|---|---:|---:|---:|---:|"])
         for r in rows:
             lines.append(
-                f"| {res[r[key]]['label']} | {_fmt(r['bd_rate_psnr_percent'], ' %')} | "
+                f"| {labels[r[key]]} | {_fmt(r['bd_rate_psnr_percent'], ' %')} | "
                 f"{_fmt(r['bd_rate_ms_ssim_percent'], ' %')} | {_fmt(r['bd_psnr_db'], ' dB')} | "
                 f"{r['psnr_overlap']:.0%} |")
         dropped = [r for r in rows if r["points_used"]["test"] < r["points_used"]["of"][1]]
         if dropped:
             r = dropped[0]["points_used"]
-            lines.append(f"\n{res[dropped[0]['test']]['label']}: only {r['test']} of {r['of'][1]} points are "
+            lines.append(f"\n{labels[dropped[0]['test']]}: only {r['test']} of {r['of'][1]} points are "
                          "efficient in PSNR (more bits, less quality for the rest); BD uses those.")
         lines.append("")
 
     if ours and doc["bd"].get("ours"):
         table(doc["bd"]["ours"], f"{res[ours]['label']} (test) vs each classical codec (anchor)", "anchor")
+    if ours and doc["bd"].get("ours_with_half"):
+        lines.extend(["Below its quality 0 the model codes a half-resolution copy (`--half`; `target_bpp` switches "
+                      "by itself). The same table over the efficient points of both series together:", ""])
+        table(doc["bd"]["ours_with_half"], f"{labels['both']} (test)", "anchor")
     if doc["bd"].get("anchors"):
         first = doc["bd"]["anchors"][0]["anchor"]
         table(doc["bd"]["anchors"], f"Classical codecs (test) vs {res[first]['label']} (anchor)", "test")

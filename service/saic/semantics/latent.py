@@ -105,7 +105,7 @@ class LatentHead:
         parsed = [s if isinstance(s, bitstream.Bitstream) else codec.parse(s) for s in streams]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, p in enumerate(parsed):
-            groups.setdefault(padded_size(p.header.height, p.header.width), []).append(i)
+            groups.setdefault(padded_size(*p.header.coded_size), []).append(i)
         out = np.empty((len(parsed), len(self.classes)), np.float64)
         for idx in groups.values():
             y_hat = codec.decode_latents([parsed[i] for i in idx], timings)

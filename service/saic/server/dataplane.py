@@ -267,7 +267,7 @@ class DataPlane:
             wanted = self.registry.get(model)  # UnknownModelError if not loaded at all
             raise ModelMismatchError(f"bitstream was written by model {m.id}, not {wanted.id}")
         m.parse(data)  # full length + CRC check: corrupt streams never reach a batch
-        key = BatchKey("decompress", m.id, padded_size(header.height, header.width))
+        key = BatchKey("decompress", m.id, padded_size(*header.coded_size))
         rgb: np.ndarray = await self.batcher.submit(key, data, deadline.remaining())
         return rgb, m.id
 
@@ -335,7 +335,7 @@ class DataPlane:
         if head is None:
             raise NotImplementedYetError(f"model {m.id} has no compressed-domain head (models/{m.id}-latent-head)")
         m.parse(data)  # full length + CRC check: corrupt streams never reach a batch
-        key = BatchKey("classify", m.id, padded_size(header.height, header.width))
+        key = BatchKey("classify", m.id, padded_size(*header.coded_size))
         probs = await self.batcher.submit(key, data, deadline.remaining())
         self.metrics.classify_seconds.labels(m.id).observe(time.perf_counter() - start)
         return {"labels": head.top_k(probs, int(top_k)), "model": m.id, "head": head.id}

@@ -332,7 +332,7 @@ def create_app(dataplane: DataPlane, settings: Settings, metrics: Metrics) -> AS
     async def compress(
         request: Request,
         quality: int | None = Query(None, ge=0, le=100, description="0..100, higher = more bits (default 50); exclusive with target_bpp"),
-        target_bpp: float | None = Query(None, gt=0, description="highest quality whose bitstream is at most this many bpp"),
+        target_bpp: float | None = Query(None, gt=0, description="highest quality whose bitstream is at most this many bpp (low caps: full or half resolution, whichever decodes closer)"),
         model: str | None = Query(None, description="model id (default: the server's default model)"),
     ) -> Response:
         data = await _payload(request, ("image", "file"), _is_image_type)
