@@ -203,10 +203,7 @@ class CodecModel:
         ds = [1] * len(images) if downscales is None else [self._check_downscale(d) for d in downscales]
         for im in images:
             self._check_image(im)
-        coded = list(images)
-        if 2 in ds:
-            with _timed(timings, "resample"):
-                coded = [downsample(im) if d == 2 else im for im, d in zip(images, ds)]
+        coded = self._coded(images, ds, timings)
         out: list[bytes] = [b""] * len(images)
         for idx in self._groups([im.shape[:2] for im in coded]):
             y = self._analyse([coded[i] for i in idx], timings)
@@ -240,11 +237,7 @@ class CodecModel:
         self, image: np.ndarray, downscale: int, target_bpp: float, timings: dict[str, float] | None
     ) -> tuple[bytes, bool]:
         """(highest-quality stream at this resolution within target_bpp, True), else (quality 0, False)."""
-        coded = image
-        if downscale != 1:
-            with _timed(timings, "resample"):
-                coded = downsample(image)
-        y = self._analyse([coded], timings)
+        y = self._analyse(self._coded([image], [downscale], timings), timings)
         pixels = image.shape[0] * image.shape[1]
 
         def encode(q: int) -> bytes:
@@ -262,6 +255,14 @@ class CodecModel:
             else:
                 hi = mid - 1
         return best, True
+
+    @staticmethod
+    def _coded(images: Sequence[np.ndarray], downscales: list[int], timings: dict[str, float] | None) -> list[np.ndarray]:
+        """The images each stream codes: as given, or their half-resolution copies (downscale 2)."""
+        if 2 not in downscales:
+            return list(images)
+        with _timed(timings, "resample"):
+            return [downsample(im) if d == 2 else im for im, d in zip(images, downscales)]
 
     def _analyse(self, images: list[np.ndarray], timings: dict[str, float] | None) -> np.ndarray:
         """Same-padded-size images -> y (B,M,ph/16,pw/16), tile by tile for large images."""

@@ -113,14 +113,19 @@ def baseline_codec(b: Baseline, qualities: Sequence[int] | None = None) -> Codec
     )
 
 
-def model_codec(
-    model_path: str | Path, qualities: Sequence[int] | None = None, threads: int = 0, downscale: int = 1
-) -> Codec:
-    """Our codec from a model directory (through the public batch API, timings accumulated);
-    downscale=2 is its half-resolution series (name suffix ":half")."""
-    from saic.codec import bitstream, load_model  # imported lazily: baselines-only runs need no model
+def load_codec(model_path: str | Path, threads: int = 0) -> Any:
+    """A CodecModel from a model directory (threads: ONNX Runtime intra-op threads, 0 = default)."""
+    from saic.codec import load_model  # imported lazily: baselines-only runs need no model
+    from saic.codec.model import CodecModel
 
-    model = load_model(model_path) if not threads else _load_with_threads(model_path, threads)
+    return CodecModel(model_path, threads=threads) if threads else load_model(model_path)
+
+
+def model_codec(model: Any, qualities: Sequence[int] | None = None, downscale: int = 1) -> Codec:
+    """Our codec, a loaded CodecModel (`load_codec`), through the public batch API with timings
+    accumulated; downscale=2 is its half-resolution series (name suffix ":half")."""
+    from saic.codec import bitstream
+
     timings: dict[str, float] = {}
 
     def encode(rgb: np.ndarray, quality: int) -> bytes:
@@ -142,12 +147,6 @@ def model_codec(
         tuple(int(q) for q in qualities), encode, decode, payload,
         settings=f"model {model.id} (sha256 {model.sha256[:12]}), provider {model.provider}", timings=timings,
     )
-
-
-def _load_with_threads(path: str | Path, threads: int) -> Any:
-    from saic.codec.model import CodecModel
-
-    return CodecModel(path, threads=threads)
 
 
 # ------------------------------------------------------------------ the loop
@@ -311,9 +310,10 @@ def run_rd(
     ours: Codec | None = None
     half: Codec | None = None
     if model is not None:
-        ours = model_codec(model, model_qualities, threads=threads)
+        loaded = load_codec(model, threads)
+        ours = model_codec(loaded, model_qualities)
         if half_qualities is None or half_qualities:
-            half = model_codec(model, half_qualities, threads=threads, downscale=2)
+            half = model_codec(loaded, half_qualities, downscale=2)
         for c in (ours, half):
             if c is None:
                 continue
@@ -353,7 +353,7 @@ def run_rd(
         doc["bd"]["ours"] = bd_table(results, ours.name, base_names)
     if ours is not None and half is not None:
         # both resolutions: the efficient points of the union (an encoder picking the better one per rate)
-        both = {"label": f"{ours.label} (full or half resolution)",
+        both = {"label": _both_label(ours.label),
                 "points": results[ours.name]["points"] + results[half.name]["points"]}
         doc["bd"]["ours_with_half"] = bd_table({**results, "both": both}, "both", base_names)
     write_json(out / "rd.json", doc)
@@ -385,13 +385,18 @@ def _fmt(v: float, unit: str = "") -> str:
     return "n/a" if v is None or not math.isfinite(v) else f"{v:+.1f}{unit}"
 
 
+def _both_label(label: str) -> str:
+    """Label of the union of our full- and half-resolution series (BD table `ours_with_half`)."""
+    return f"{label} (full or half resolution)"
+
+
 def bd_markdown(doc: dict[str, Any], ours: str | None) -> str:
     """The BD-rate report: ours vs each baseline, then the baselines vs the first one."""
     res = doc["codecs"]
     ds = doc["dataset"]
     labels = {n: r["label"] for n, r in res.items()}
     if ours:
-        labels["both"] = f"{res[ours]['label']} (full or half resolution)"
+        labels["both"] = _both_label(res[ours]["label"])
     lines = [
         f"# Rate–distortion: BD-rates on {ds['n_images']} images ({Path(ds['path']).name})",
         "",
