@@ -194,6 +194,27 @@ def test_entropy_parameters_do_not_depend_on_summation_order(model):
     assert np.array_equal(means, means2) and np.array_equal(index, index2)
 
 
+def test_context_parameters_do_not_depend_on_summation_order(model):
+    """The checkerboard context's GEMMs, permuted like the hyper-synthesis above."""
+    t = model._arrays
+    if "x_w" not in t:
+        pytest.skip("the default model has no checkerboard context")
+    rng = np.random.default_rng(1)
+    m = t["x_w"].shape[1]
+    means = rng.integers(-2000, 2000, size=(2, m, 5, 6))
+    log_scales = rng.integers(-600, 1100, size=means.shape)
+    anchors = means + 256 * rng.integers(-8, 9, size=means.shape)
+    ref = fixedpoint.CheckerboardContext(t)(anchors, means, log_scales)
+    perm = rng.permutation(m)
+    t2 = dict(t)
+    t2["x_w"] = t["x_w"][:, perm]
+    got = fixedpoint.CheckerboardContext(t2)(anchors[:, perm], means, log_scales)
+    assert np.array_equal(ref[0], got[0]) and np.array_equal(ref[1], got[1])
+    non_anchor = ~fixedpoint.anchor_mask(5, 6)
+    assert not np.array_equal(ref[0][..., non_anchor], means[..., non_anchor])  # it does predict
+    assert np.array_equal(ref[0][..., ~non_anchor], means[..., ~non_anchor])  # anchors keep the hyper-prior's
+
+
 def test_golden_bitstream_decodes_to_golden_pixels(model):
     spec = json.loads((GOLDEN / "golden.json").read_text())
     if spec["model_sha256"] != model.sha256:
@@ -274,10 +295,13 @@ def test_escaped_symbols_decode_to_their_own_positions(model):
     z[0, 0, 0] = 9000  # and an escaped hyper-latent
     for k in (1, 3):
         enc = entropy.encode_z(tables, z)
-        subs = entropy.encode_y(tables, enc, sym, index, k)
+        parts = [(sym[:, :2], index[:, :2]), (sym[:, 2:], index[:, 2:])]  # coded one after the other
+        subs = entropy.encode_y(tables, enc, parts, k)
         z_dec, dec = entropy.decode_z(tables, subs[0], z.shape)
         np.testing.assert_array_equal(z_dec, z)
-        np.testing.assert_array_equal(entropy.decode_y(tables, dec, subs, index), sym)
+        decoders = entropy.y_decoders(dec, subs)
+        np.testing.assert_array_equal(entropy.decode_y(tables, decoders, index[:, :2]), sym[:, :2])
+        np.testing.assert_array_equal(entropy.decode_y(tables, decoders, index[:, 2:]), sym[:, 2:])
 
 
 def test_tiny_images_round_trip_at_every_quality(model):

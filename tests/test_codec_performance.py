@@ -131,7 +131,7 @@ def test_fp16_graphs_read_and_write_the_same_bitstreams():
     x = natural_image(96, 128)
     s16 = f16.compress_batch([x], [60])[0]
     s32 = f32.compress_batch([x], [60])[0]
-    assert abs(len(s16) - len(s32)) <= 0.02 * len(s32)
+    assert abs(len(s16) - len(s32)) <= max(0.02 * len(s32), 8)  # a ~200-byte stream: a few latents round apart
     assert abs(_psnr(x, f32.decompress_batch([s16])[0]) - _psnr(x, f32.decompress_batch([s32])[0])) < 0.05
 
 

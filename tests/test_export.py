@@ -3,6 +3,8 @@ matches the float hyper-synthesis it was quantised from."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from saic.codec import fixedpoint, load_model  # noqa: E402
 from saic.training.export import export  # noqa: E402
-from saic.training.model import CodecConfig, VariableRateCodec  # noqa: E402
+from saic.training.model import CodecConfig, VariableRateCodec, rd_loss  # noqa: E402
 from saic.training.train_codec import save_checkpoint  # noqa: E402
 
 
@@ -97,3 +99,94 @@ def test_relevel_keeps_old_levels_and_extends_the_gain_tables():
     with torch.no_grad():
         a, b = model(x, torch.tensor([0.0])), wider(x, t)
     torch.testing.assert_close(a["x_hat"], b["x_hat"])  # same weights at the same λ
+
+
+@pytest.fixture(scope="module")
+def exported_context(tmp_path_factory):
+    """A tiny model with a checkerboard context whose weights are random (a fresh one is the identity)."""
+    torch.manual_seed(3)
+    model = VariableRateCodec(CodecConfig(n=16, m=24, nz=8, nh=16, nc=16, context=True)).eval()
+    with torch.no_grad():
+        for p in model.ctx.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    d = tmp_path_factory.mktemp("export-context")
+    save_checkpoint(d / "ckpt.pt", model, torch.optim.Adam(model.parameters()), 0, {})
+    export(d / "ckpt.pt", d / "model", "tiny-context")
+    return model, d / "model"
+
+
+def test_fixed_point_context_matches_float(exported_context):
+    """Integer hyper-synthesis + checkerboard context vs the float model's entropy parameters."""
+    model, path = exported_context
+    runtime = load_model(path)
+    rng = np.random.default_rng(4)
+    qs = [0, 60]
+    t = torch.tensor([q * (model.levels - 1) / 100 for q in qs])
+    z = rng.integers(-6, 7, size=(2, 8, 2, 3))
+    y = torch.randn(2, 24, 8, 12) * 3
+    with torch.no_grad():
+        ref_means, ref_log_scales = model.entropy_parameters(y, torch.from_numpy(z).float(), t)
+    means, log_scales = fixedpoint.hyper_synthesis_parameters(runtime._arrays, z, qs)
+    sym = np.rint(y.double().numpy() - means * 2.0**-fixedpoint.ACT_FRAC).astype(np.int64)
+    means, log_scales = fixedpoint.CheckerboardContext(runtime._arrays)(sym * 256 + means, means, log_scales)
+    non_anchor = ~fixedpoint.anchor_mask(8, 12)
+    got = means * 2.0**-fixedpoint.ACT_FRAC
+    moved = np.abs(ref_means.numpy() - model.h_s(torch.from_numpy(z).float()
+                                                 * model._interp(model.log_inv_hgain, t))[0].detach().numpy())
+    assert moved[..., non_anchor].mean() > 0.05  # the context really changes the non-anchors' means
+    assert np.abs(got - ref_means.numpy()).max() < 0.05
+    lo, hi = runtime._arrays["x_log_scale_range"] * 2.0**-fixedpoint.ACT_FRAC
+    assert np.abs(np.clip(log_scales * 2.0**-fixedpoint.ACT_FRAC, lo, hi) - ref_log_scales.numpy()).max() < 0.05
+
+
+def test_context_model_round_trips_and_codes_in_two_parts(exported_context):
+    _, path = exported_context
+    runtime = load_model(path)
+    assert runtime._context is not None
+    x = (np.random.default_rng(5).random((100, 130, 3)) * 255).astype(np.uint8)
+    for q in (0, 100):
+        data = runtime.compress_batch([x], [q])[0]
+        out = runtime.decompress_batch([data])[0]
+        assert out.shape == x.shape
+        other = load_model(path, threads=1, optimization="disabled")
+        assert np.array_equal(other.decompress_batch([data])[0], out)
+
+
+def test_fresh_context_is_the_plain_hyperprior_and_learns():
+    torch.manual_seed(6)
+    cfg = CodecConfig(n=8, m=12, nz=4, nh=8, nc=8)
+    plain = VariableRateCodec(cfg).eval()
+    ctx = VariableRateCodec(CodecConfig(**{**cfg.to_dict(), "lambdas": cfg.lambdas, "context": True})).eval()
+    ctx.load_state_dict(plain.state_dict(), strict=False)
+    y, z, t = torch.randn(2, 12, 8, 8) * 4, torch.randint(-3, 4, (2, 4, 2, 2)).float(), torch.tensor([0.0, 5.5])
+    for a, b in zip(plain.entropy_parameters(y, z, t), ctx.entropy_parameters(y, z, t)):
+        torch.testing.assert_close(a, b)  # zero-initialised last layer: identical to start with
+    ctx.train()
+    x = torch.rand(2, 3, 64, 64)
+    loss, _, _ = rd_loss(ctx(x, t), x, ctx.lmbda(t))
+    loss.backward()
+    assert ctx.ctx.p3.weight.grad.abs().sum() > 0  # the rate term reaches the context
+
+
+def test_train_context_writes_an_exportable_context_checkpoint(tmp_path):
+    from PIL import Image
+
+    from saic.training import train_context
+
+    torch.manual_seed(7)
+    rng = np.random.default_rng(7)
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray((rng.random((260, 300, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    model = VariableRateCodec(CodecConfig(n=8, m=12, nz=4, nh=8, nc=8))
+    save_checkpoint(tmp_path / "codec.pt", model, torch.optim.Adam(model.parameters()), 11, {})
+    train_context.main([str(tmp_path / "codec.pt"), str(tmp_path / "ctx.pt"), "--data", str(data),
+                        "--crops", "16", "--epochs", "2"])
+    log = [json.loads(line) for line in (tmp_path / "ctx.log").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    manifest = export(tmp_path / "ctx.pt", tmp_path / "model", "tiny-ctx")
+    assert manifest["config"]["context"] is True and manifest["training"]["steps"] == 11
+    runtime = load_model(tmp_path / "model")
+    x = (rng.random((64, 80, 3)) * 255).astype(np.uint8)
+    assert runtime.decompress_batch(runtime.compress_batch([x], [30]))[0].shape == x.shape

@@ -7,7 +7,10 @@ and decoder build identical coders.  Layout of the substreams (K >= 1):
   then latent channel group 0;
 * substream k > 0: latent channel group k.
 
-Within a group, symbols are coded table by table (ascending scale index), each table's
+A group holds one or more *parts* coded one after another: the whole latent, or for a
+model with a checkerboard context the anchors first, then the non-anchors (whose tables
+the decoder can only compute once every group's anchors are decoded).  Within a part,
+symbols are coded table by table (ascending scale index), each table's
 symbols in C,H,W raster order: one vectorised call per table.  A symbol outside a
 table's support is coded as the table's escape symbol, and after all tables its value is
 coded with an Elias-gamma-like code over uniform models, so any integer round-trips.
@@ -176,14 +179,17 @@ def encode_z(tables: EntropyTables, z: np.ndarray):
     return enc
 
 
-def encode_y(tables: EntropyTables, z_encoder, y: np.ndarray, index: np.ndarray, k: int) -> list[bytes]:
-    """Finish substream 0 and write substreams 1..k-1 (in parallel)."""
-    y = np.clip(y, -SYMBOL_LIMIT, SYMBOL_LIMIT)
-    groups = split_groups(y.shape[0], k)
+def encode_y(
+    tables: EntropyTables, z_encoder, parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int
+) -> list[bytes]:
+    """Finish substream 0 and write substreams 1..k-1 (in parallel).  parts: (symbols, scale
+    index) pairs, channels first, coded in this order within every channel group."""
+    groups = split_groups(parts[0][0].shape[0], k)
 
     def one(g: int) -> bytes:
         enc = z_encoder if g == 0 else constriction.stream.queue.RangeEncoder()
-        _encode_y_group(enc, tables, y[groups[g]], index[groups[g]])
+        for sym, index in parts:
+            _encode_y_group(enc, tables, np.clip(sym[groups[g]], -SYMBOL_LIMIT, SYMBOL_LIMIT), index[groups[g]])
         return _to_bytes(enc)
 
     return list(_EXEC.map(one, range(k))) if k > 1 else [one(0)]
@@ -198,15 +204,20 @@ def decode_z(tables: EntropyTables, substream0: bytes, shape: tuple[int, int, in
         raise CorruptError(f"hyper-latent does not decode: {exc}") from exc
 
 
-def decode_y(tables: EntropyTables, z_decoder, substreams: Sequence[bytes], index: np.ndarray) -> np.ndarray:
-    groups = split_groups(index.shape[0], len(substreams))
+def y_decoders(z_decoder, substreams: Sequence[bytes]) -> list:
+    """One open decoder per channel group: substream 0's continues after the hyper-latent."""
+    return [z_decoder] + [_decoder(s) for s in substreams[1:]]
+
+
+def decode_y(tables: EntropyTables, decoders: list, index: np.ndarray) -> np.ndarray:
+    """Decode the next part (its scale index, channels first) from every group, in parallel."""
+    groups = split_groups(index.shape[0], len(decoders))
 
     def one(g: int) -> np.ndarray:
-        dec = z_decoder if g == 0 else _decoder(substreams[g])
         try:
-            return _decode_y_group(dec, tables, index[groups[g]])
+            return _decode_y_group(decoders[g], tables, index[groups[g]])
         except Exception as exc:
             raise CorruptError(f"latent group {g} does not decode: {exc}") from exc
 
-    parts = list(_EXEC.map(one, range(len(substreams)))) if len(substreams) > 1 else [one(0)]
+    parts = list(_EXEC.map(one, range(len(decoders)))) if len(decoders) > 1 else [one(0)]
     return np.concatenate(parts, axis=0)

@@ -12,8 +12,9 @@ ordinary float.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from functools import lru_cache
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -52,17 +53,22 @@ def interp_float(table: np.ndarray, quality: int) -> np.ndarray:
 class _Layer:
     """One integer conv layer, prepared once: float64 weights in im2col order (ky, kx, c)."""
 
-    def __init__(self, w: np.ndarray, bias: np.ndarray, frac: int, shuffle: bool):
-        o, c, k, _ = w.shape
-        if shuffle:  # output channels reordered from (c, i, j) to (i, j, c): the shuffle copies whole pixels
-            perm = np.arange(o).reshape(o // 4, 4).T.ravel()
-            w, bias = w[perm], bias[perm]
+    def __init__(self, matrix: np.ndarray, bias: np.ndarray, frac: int, k: int = 1):
         self.k = k
-        self.matrix = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(k * k * c, o), dtype=np.float64)
+        self.matrix = np.ascontiguousarray(matrix, dtype=np.float64)
         # (acc + bias + 2**(f-1)) * 2**-f equals the reference (acc + bias + 2**(f-1)) / 2**f: all
         # integers below 2**53 and scaling by a power of two is exact
         self.offset = bias.astype(np.float64) + (float(1 << (frac - 1)) if frac > 0 else 0.0)
         self.scale = 2.0**-frac if frac > 0 else 1.0
+
+    @classmethod
+    def conv(cls, w: np.ndarray, bias: np.ndarray, frac: int, shuffle: bool = False) -> "_Layer":
+        """From conv weights (O, C, k, k); `shuffle` reorders the outputs for a pixel shuffle."""
+        o, c, k, _ = w.shape
+        if shuffle:  # output channels reordered from (c, i, j) to (i, j, c): the shuffle copies whole pixels
+            perm = np.arange(o).reshape(o // 4, 4).T.ravel()
+            w, bias = w[perm], bias[perm]
+        return cls(w.transpose(2, 3, 1, 0).reshape(k * k * c, o), bias, frac, k)
 
     def __call__(self, a: np.ndarray, relu: bool) -> np.ndarray:
         """a: (B, H+k-1, W+k-1, C) zero-padded NHWC -> (B*H*W, O) requantised, clipped."""
@@ -76,6 +82,10 @@ class _Layer:
                 for dx in range(self.k):
                     cols6[:, :, :, dy, dx] = a[:, dy : dy + h, dx : dx + w]
             cols = cols6.reshape(b * h * w, -1)
+        return self.rows(cols, relu)
+
+    def rows(self, cols: np.ndarray, relu: bool) -> np.ndarray:
+        """Prepared im2col rows (N, K) -> (N, O) requantised, clipped."""
         return self._requantise(cols @ self.matrix, self.offset, relu)
 
     def channels_first(self, a: np.ndarray) -> np.ndarray:
@@ -101,6 +111,12 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
+@contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    with _BLAS_LOCK, _blas().limit(limits=1, user_api="blas"):
+        yield
+
+
 def _shuffled(out: np.ndarray, b: int, h: int, w: int, pad: int) -> np.ndarray:
     """(B*H*W, 4C) in (i, j, c) channel order -> pixel shuffle x2, NHWC, zero border of `pad`."""
     c = out.shape[1] // 4
@@ -124,18 +140,28 @@ class HyperSynthesis:
         self._lo, self._hi = int(thresholds[0]) - 1, int(thresholds[-1])
         self._index = np.searchsorted(thresholds, np.arange(self._lo, self._hi + 1), side="right").astype(np.int32)
         self._c = [
-            _Layer(t[f"c{i}_w"], t[f"c{i}_b"], int(t[f"c{i}_frac"]), shuffle=i in (2, 3)) for i in (1, 2, 3, 4)
+            _Layer.conv(t[f"c{i}_w"], t[f"c{i}_b"], int(t[f"c{i}_frac"]), shuffle=i in (2, 3)) for i in (1, 2, 3, 4)
         ]
         if self._c[3].k != 1:
             raise ValueError("the last hyper-synthesis layer must be 1x1 (entropy.npz c4_w)")
 
     def __call__(self, z_hat: np.ndarray, qualities: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """z_hat int (B,NZ,h,w) -> (means_int int64, scale_index int32) at (B,M,4h,4w).
+        """z_hat int (B,NZ,h,w) -> (means_int int64, scale_index int32) at (B,M,4h,4w)."""
+        means, log_scales = self.parameters(z_hat, qualities)
+        return means, self.scale_index(log_scales)
+
+    def parameters(self, z_hat: np.ndarray, qualities: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """z_hat int (B,NZ,h,w) -> (means, log-scales) at (B,M,4h,4w), int64 in 2**-ACT_FRAC units.
 
         BLAS runs single-threaded here: these GEMMs are small, and OpenBLAS's spinning worker
         threads cost 2-4x the CPU time (and wall time on a loaded machine) for no gain."""
-        with _BLAS_LOCK, _blas().limit(limits=1, user_api="blas"):
+        with single_threaded_blas():
             return self._run(z_hat, qualities)
+
+    def scale_index(self, log_scales: np.ndarray) -> np.ndarray:
+        """Log-scales (2**-ACT_FRAC units) -> int32 index of the entropy coder's scale table."""
+        clipped = np.clip(log_scales, self._lo, self._hi) - self._lo
+        return self._index.take(clipped.astype(np.intp))
 
     def _run(self, z_hat: np.ndarray, qualities: list[int]) -> tuple[np.ndarray, np.ndarray]:
         b, nz, h, w = z_hat.shape
@@ -147,11 +173,58 @@ class HyperSynthesis:
         a = np.pad(a, ((0, 0), (self._c[1].k // 2,) * 2, (self._c[1].k // 2,) * 2, (0, 0)))
         a = _shuffled(self._c[1](a, relu=True), b, h, w, self._c[2].k // 2)
         a = _shuffled(self._c[2](a, relu=True), b, 2 * h, 2 * w, 0)
-        out = self._c[3].channels_first(a)
+        out = self._c[3].channels_first(a).astype(np.int64)
         m = out.shape[1] // 2
-        log_scales = np.clip(out[:, m:], self._lo, self._hi)
-        log_scales -= self._lo
-        return out[:, :m].astype(np.int64), self._index.take(log_scales.astype(np.intp))
+        return out[:, :m], out[:, m:]
+
+
+# the 12 taps of a 5x5 window whose latents have the other checkerboard colour
+CONTEXT_TAPS = [(dy, dx) for dy in range(5) for dx in range(5) if (dy + dx) % 2 == 1]
+
+
+def anchor_mask(h: int, w: int) -> np.ndarray:
+    """(h, w) bool: the checkerboard's anchors, (i + j) even; they are coded first."""
+    return (np.add.outer(np.arange(h), np.arange(w)) % 2) == 0
+
+
+class CheckerboardContext:
+    """Integer twin of saic.training.model.CheckerboardContext: the means and log-scales of
+    the non-anchor latents from the decoded anchors and the hyper-prior's prediction.
+    Evaluated only at the non-anchor positions, on the 12 taps that can be non-zero."""
+
+    def __init__(self, t: Mapping[str, np.ndarray]):
+        w = np.asarray(t["x_w"])
+        taps = np.concatenate([w[:, :, dy, dx].T for dy, dx in CONTEXT_TAPS], axis=0)  # (12*M, O), row = tap*M + c
+        self._ctx = _Layer(taps, t["x_b"], int(t["x_frac"]))
+        self._p = [_Layer.conv(t[f"p{i}_w"], t[f"p{i}_b"], int(t[f"p{i}_frac"])) for i in (1, 2, 3)]
+        self._lo, self._hi = (float(v) for v in t["x_log_scale_range"])
+
+    def __call__(
+        self, anchors: np.ndarray, means: np.ndarray, log_scales: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """anchors: y_hat in 2**-ACT_FRAC units (B,M,H,W), read at the anchors only; means and
+        log-scales: the hyper-prior's.  Returns new int64 (means, log_scales), non-anchors replaced."""
+        b, m, h, w = means.shape
+        ii, jj = np.nonzero(~anchor_mask(h, w))
+        if ii.size == 0:
+            return means, log_scales
+        with single_threaded_blas():
+            a = np.zeros((b, h + 4, w + 4, m))
+            a[:, 2 : 2 + h, 2 : 2 + w] = (anchors * anchor_mask(h, w)).transpose(0, 2, 3, 1)
+            np.clip(a, -ACT_LIMIT, ACT_LIMIT, out=a)
+            cols = np.stack([a[:, ii + dy, jj + dx] for dy, dx in CONTEXT_TAPS], axis=2)  # (B, P, 12, M)
+            ctx = self._ctx.rows(cols.reshape(b * ii.size, -1), relu=False)
+            mu = means[:, :, ii, jj].transpose(0, 2, 1).reshape(-1, m).astype(np.float64)
+            ls = np.clip(log_scales[:, :, ii, jj].transpose(0, 2, 1).reshape(-1, m), self._lo, self._hi)
+            x = np.concatenate([mu, ls, ctx], axis=1)
+            x = self._p[1].rows(self._p[0].rows(x, relu=True), relu=True)
+            d = self._p[2].rows(x, relu=False)
+            new_mu = (mu + d[:, :m]).astype(np.int64)
+            new_ls = np.clip(ls + d[:, m:], self._lo, self._hi).astype(np.int64)
+        means, log_scales = means.copy(), log_scales.copy()
+        means[:, :, ii, jj] = new_mu.reshape(b, -1, m).transpose(0, 2, 1)
+        log_scales[:, :, ii, jj] = new_ls.reshape(b, -1, m).transpose(0, 2, 1)
+        return means, log_scales
 
 
 def hyper_synthesis(
@@ -161,3 +234,10 @@ def hyper_synthesis(
 
     One-off form; a loaded model keeps a `HyperSynthesis` so the weights are prepared once."""
     return HyperSynthesis(t)(z_hat, qualities)
+
+
+def hyper_synthesis_parameters(
+    t: Mapping[str, np.ndarray], z_hat: np.ndarray, qualities: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-off `HyperSynthesis.parameters`: (means, log-scales) before the scale-table lookup."""
+    return HyperSynthesis(t).parameters(z_hat, qualities)

@@ -28,7 +28,7 @@ HALO = 32  # context around a tile: beyond the receptive field's reach, so tilin
 SYMBOLS_PER_SUBSTREAM = 1 << 16
 MAX_SUBSTREAMS = 8
 # compress_to_bpp also tries half resolution when full resolution fits only at or below this quality
-# (half-resolution quality 100 is ~0.29 bpp on Kodak, full-resolution quality 30 ~0.33: docs/codec.md)
+# (half-resolution quality 100 is ~0.25 bpp on Kodak, full-resolution quality 30 ~0.27: docs/codec.md)
 HALF_SEARCH_BELOW_QUALITY = 40
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 GRAPH_OPTIMIZATION = {
@@ -147,6 +147,8 @@ class CodecModel:
         self.providers: list[str] = self._sessions["analysis"].get_providers()
         self._tables = entropy.EntropyTables(self._arrays)
         self._hyper_synthesis = fixedpoint.HyperSynthesis(self._arrays)
+        # models exported with a checkerboard context carry its integer weights in entropy.npz
+        self._context = fixedpoint.CheckerboardContext(self._arrays) if "x_w" in self._arrays else None
         self._levels = int(self._arrays["gain"].shape[0])
         log.info("loaded model %s (tag %04x) with %s, %s", self.id, self.tag, self.providers[0], self.precision)
 
@@ -321,14 +323,21 @@ class CodecModel:
         hg = np.stack([fixedpoint.interp_float(a["hgain"], q) for q in qs])[:, :, None, None]
         z_hat = np.clip(np.rint(z * hg), -entropy.SYMBOL_LIMIT, entropy.SYMBOL_LIMIT).astype(np.int64)
         with _timed(timings, "entropy_params"):
-            means, index = self._hyper_synthesis(z_hat, qs)
-        sym = np.rint(y_g.astype(np.float64) - means * 2.0**-fixedpoint.ACT_FRAC).astype(np.int64)
+            means, log_scales = self._hyper_synthesis.parameters(z_hat, qs)
+        y_g = y_g.astype(np.float64)
+        sym = _symbols(y_g, means)
+        masks = self._part_masks(*sym.shape[2:])
+        if self._context is not None:  # the non-anchors' parameters come from the quantised anchors
+            with _timed(timings, "entropy_params"):
+                means, log_scales = self._context(sym * (1 << fixedpoint.ACT_FRAC) + means, means, log_scales)
+            sym = _symbols(y_g, means)
+        index = self._hyper_synthesis.scale_index(log_scales)
         out = []
         with _timed(timings, "entropy_encode"):
             for i, q in enumerate(qs):
                 k = substream_count(sym[i].size)
                 enc = entropy.encode_z(self._tables, z_hat[i])
-                subs = entropy.encode_y(self._tables, enc, sym[i], index[i], k)
+                subs = entropy.encode_y(self._tables, enc, [(sym[i][:, m], index[i][:, m]) for m in masks], k)
                 h, w = shapes[i]
                 out.append(bitstream.pack(self.tag, w, h, q, subs, downscales[i]))
         return out
@@ -372,14 +381,28 @@ class CodecModel:
                 decoders.append(dec)
         qs = [it.header.quality for it in items]
         with _timed(timings, "entropy_params"):
-            means, index = self._hyper_synthesis(np.stack(zs), qs)
-        ys = []
-        with _timed(timings, "entropy_decode"):
-            for i, it in enumerate(items):
-                ys.append(entropy.decode_y(self._tables, decoders[i], it.substreams, index[i]))
-        y_hat = np.stack(ys) + means * 2.0**-fixedpoint.ACT_FRAC
+            means, log_scales = self._hyper_synthesis.parameters(np.stack(zs), qs)
+        decoders = [entropy.y_decoders(dec, it.substreams) for dec, it in zip(decoders, items)]
+        sym = np.zeros_like(means)
+        for part, m in enumerate(self._part_masks(*means.shape[2:])):
+            if part == 1:  # the anchors are in: the context model gives the non-anchors' parameters
+                with _timed(timings, "entropy_params"):
+                    means, log_scales = self._context(sym * (1 << fixedpoint.ACT_FRAC) + means, means, log_scales)
+            index = self._hyper_synthesis.scale_index(log_scales[:, :, m])
+            with _timed(timings, "entropy_decode"):
+                for i in range(len(items)):
+                    sym[i][:, m] = entropy.decode_y(self._tables, decoders[i], index[i])
+        y_hat = sym + means * 2.0**-fixedpoint.ACT_FRAC
         inv = np.stack([fixedpoint.interp_float(a["inv_gain"], q) for q in qs])[:, :, None, None]
         return (y_hat * inv).astype(np.float32)
+
+    def _part_masks(self, h: int, w: int) -> list[np.ndarray]:
+        """The latent positions of each part, in coding order: all of them, or with a
+        checkerboard context the anchors, then the non-anchors."""
+        if self._context is None:
+            return [np.ones((h, w), bool)]
+        anchor = fixedpoint.anchor_mask(h, w)
+        return [anchor, ~anchor]
 
     # ---------------------------------------------------------------- checks
     @staticmethod
@@ -411,6 +434,12 @@ class CodecModel:
         for i, (h, w) in enumerate(shapes):
             groups.setdefault(padded_size(h, w), []).append(i)
         return list(groups.values())
+
+
+def _symbols(y: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """The integers the entropy coder codes: y - mean rounded, clamped to what it can code."""
+    sym = np.rint(y - means * 2.0**-fixedpoint.ACT_FRAC)
+    return np.clip(sym, -entropy.SYMBOL_LIMIT, entropy.SYMBOL_LIMIT, out=sym).astype(np.int64)
 
 
 def _squared_error(a: np.ndarray, b: np.ndarray, rows: int = 256) -> int:

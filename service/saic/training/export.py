@@ -3,8 +3,8 @@
     python -m saic.training.export runs/codec/ckpt.pt models/saic-small --id saic-small
 
 Writes analysis.onnx, hyper_analysis.onnx, synthesis.onnx (float, dynamic batch/H/W) and
-entropy.npz: the integer side of the codec — fixed-point hyper-synthesis, gain tables,
-quantised CDF tables — so that every machine derives identical entropy-coder tables.
+entropy.npz: the integer side of the codec — fixed-point hyper-synthesis (and checkerboard
+context, if the model has one), gain tables, quantised CDF tables — so that every machine derives identical entropy-coder tables.
 Also analysis_fp16.onnx and synthesis_fp16.onnx (fp16 weights and arithmetic, float32 in/out)
 for GPUs; they sit outside the weights hash because they write and read the same bitstreams.
 """
@@ -82,7 +82,8 @@ def quantise_conv(conv: torch.nn.Conv2d) -> tuple[np.ndarray, np.ndarray, int]:
     """Weights to integers with a per-layer power-of-two scale; bias at activation*weight scale."""
     w = conv.weight.detach().double().numpy()
     b = conv.bias.detach().double().numpy()
-    frac = int(fp.WEIGHT_BITS - 1 - math.ceil(math.log2(np.abs(w).max() + 1e-12)))
+    # capped: an all-zero layer (a fresh context model's last one) must not ask for 2**54
+    frac = min(30, int(fp.WEIGHT_BITS - 1 - math.ceil(math.log2(np.abs(w).max() + 1e-12))))
     w_int = np.round(w * 2.0**frac).astype(np.int64)
     b_int = np.round(b * 2.0 ** (frac + fp.ACT_FRAC)).astype(np.int64)
     return w_int, b_int, frac
@@ -94,6 +95,16 @@ def entropy_arrays(model: VariableRateCodec) -> dict[str, np.ndarray]:
     for name in ("c1", "c2", "c3", "c4"):
         w, b, frac = quantise_conv(getattr(hs, name))
         arrays[f"{name}_w"], arrays[f"{name}_b"], arrays[f"{name}_frac"] = w, b, np.int64(frac)
+    if model.ctx is not None:  # checkerboard context: fixedpoint.CheckerboardContext reads x_* and p*_*
+        masked = torch.nn.Conv2d(model.config.m, model.config.m, 5, 1, 2)
+        with torch.no_grad():
+            masked.weight.copy_(model.ctx.ctx.weight * model.ctx.mask)
+            masked.bias.copy_(model.ctx.ctx.bias)
+        for name, layer in (("x", masked), ("p1", model.ctx.p1), ("p2", model.ctx.p2), ("p3", model.ctx.p3)):
+            w, b, frac = quantise_conv(layer)
+            arrays[f"{name}_w"], arrays[f"{name}_b"], arrays[f"{name}_frac"] = w, b, np.int64(frac)
+        bounds = np.log([SCALE_MIN, SCALE_MAX]) * 2.0**fp.ACT_FRAC
+        arrays["x_log_scale_range"] = np.array([math.ceil(bounds[0]), math.floor(bounds[1])], np.int64)
     with torch.no_grad():
         arrays["inv_hgain"] = np.round(model.log_inv_hgain.exp().double().numpy() * 2.0**fp.ACT_FRAC).astype(np.int64)
         # float gains are used only on the encoder side (y, z) and before synthesis (pixels): not desync-critical
@@ -146,7 +157,7 @@ def save_resumable(model: VariableRateCodec, ck: dict, path: Path) -> None:
     """Weights-only fp16 checkpoint (a third of the full one) for `train_codec --init`:
     lets CPU training accumulate across sessions from the shipped model."""
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    keep = ("step", "wall_seconds", "hardware", "data")
+    keep = ("step", "wall_seconds", "hardware", "data", "context_training")
     torch.save({"model": state, "config": model.config.to_dict(), **{k: ck[k] for k in keep if k in ck}}, path)
 
 
@@ -178,7 +189,8 @@ def export(ckpt: Path, out: Path, model_id: str) -> dict:
             "hardware": ck.get("hardware", []),
             "data": ck.get("data", []),
             # SAIC fine-tunes (train_saic) also record their semantic loss and starting point
-            **{k: ck[k] for k in ("beta", "weighting", "layers", "classifier", "init", "base_step") if k in ck},
+            **{k: ck[k] for k in ("beta", "weighting", "layers", "classifier", "init", "base_step",
+                                  "context_training") if k in ck},
         },
     }
     old = out / "manifest.json"

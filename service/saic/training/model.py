@@ -1,11 +1,14 @@
-"""Variable-rate mean-scale hyperprior codec (Minnen et al. 2018 without context model).
+"""Variable-rate mean-scale hyperprior codec (Minnen et al. 2018), optionally with a
+checkerboard context model (He et al. 2021).
 
 Rate control: per-level gain vectors (Cui et al. 2021) on the latent and hyper-latent,
 interpolated *linearly* between adjacent levels so that the integer runtime can do the
 same interpolation exactly.  The hyper-synthesis (entropy-parameter network) only uses
 ops that have an exact fixed-point form: 'same' convolutions, ReLU and pixel shuffle.
 It predicts means and *log*-scales, so the runtime never evaluates a transcendental
-function on the path that drives the entropy coder.
+function on the path that drives the entropy coder.  The checkerboard context obeys the
+same rules (convolutions, ReLU, integer-exact residual adds), so it has a fixed-point
+twin as well (saic.codec.fixedpoint.CheckerboardContext).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ class CodecConfig:
     nz: int = 48  # hyper-latent channels
     nh: int = 64  # hyper-synthesis width
     lambdas: tuple[float, ...] = (0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.05)
+    context: bool = False  # checkerboard context model for the non-anchor half of the latent
+    nc: int = 128  # context parameter-network width
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -110,6 +115,39 @@ class HyperSynthesis(nn.Module):
         return means, log_scales
 
 
+def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
+    """(1, 1, h, w) bool: the checkerboard's anchors, (i + j) even; they are coded first."""
+    i = torch.arange(h, device=device)[:, None]
+    j = torch.arange(w, device=device)[None, :]
+    return ((i + j) % 2 == 0)[None, None]
+
+
+class CheckerboardContext(nn.Module):
+    """Means and log-scales of the non-anchor latents from the decoded anchors around them
+    (the 12 opposite-colour taps of a 5x5 window) and the hyper-prior's own prediction.
+
+    Residual on (means, log_scales) with a zero-initialised last layer: it starts as the
+    plain hyper-prior.  Mirrored in fixed point by saic.codec.fixedpoint.CheckerboardContext."""
+
+    def __init__(self, c: CodecConfig):
+        super().__init__()
+        self.ctx = nn.Conv2d(c.m, c.m, 5, 1, 2)
+        taps = torch.tensor([[(i + j) % 2 == 1 for j in range(5)] for i in range(5)], dtype=torch.float32)
+        self.register_buffer("mask", taps[None, None], persistent=False)
+        self.p1 = nn.Conv2d(3 * c.m, c.nc, 1)
+        self.p2 = nn.Conv2d(c.nc, c.nc, 1)
+        self.p3 = nn.Conv2d(c.nc, 2 * c.m, 1)
+        nn.init.zeros_(self.p3.weight)
+        nn.init.zeros_(self.p3.bias)
+
+    def forward(self, anchors: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor):
+        """anchors: y_hat at the anchors, 0 elsewhere; log_scales already clamped."""
+        c = F.conv2d(anchors, self.ctx.weight * self.mask, self.ctx.bias, padding=2)
+        h = F.relu(self.p1(torch.cat([means, log_scales, c], 1)))
+        d_means, d_log_scales = self.p3(F.relu(self.p2(h))).chunk(2, 1)
+        return means + d_means, (log_scales + d_log_scales).clamp(math.log(SCALE_MIN), math.log(SCALE_MAX))
+
+
 class FactorizedPrior(nn.Module):
     """Ballé et al. 2018 univariate non-parametric density, one per channel."""
 
@@ -173,6 +211,7 @@ class VariableRateCodec(nn.Module):
         self.g_a, self.g_s = Analysis(c), Synthesis(c)
         self.h_a, self.h_s = HyperAnalysis(c), HyperSynthesis(c)
         self.prior = FactorizedPrior(c.nz)
+        self.ctx = CheckerboardContext(c) if c.context else None
         # gains stored in log-domain for training stability; interpolated linearly in gain space
         init = torch.linspace(math.log(0.5), math.log(2.0), L)[:, None].expand(L, c.m).clone()
         self.log_gain = nn.Parameter(init)
@@ -221,8 +260,8 @@ class VariableRateCodec(nn.Module):
         z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5) if self.training else torch.round(z)
         z_lik = self.prior.likelihood(z_noisy)
         z_hat = round_ste(z) if self.training else torch.round(z)
-        means, log_scales = self.h_s(z_hat * self._interp(self.log_inv_hgain, t))
-        scales = log_scales.clamp(math.log(SCALE_MIN), math.log(SCALE_MAX)).exp()
+        means, log_scales = self.entropy_parameters(y, z_hat, t)
+        scales = log_scales.exp()
         if self.training:
             y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
             y_lik = gaussian_likelihood(y_noisy, means, scales)
@@ -231,6 +270,19 @@ class VariableRateCodec(nn.Module):
         y_hat = round_ste(y - means) + means
         x_hat = self.g_s(y_hat * self._interp(self.log_inv_gain, t))
         return {"x_hat": x_hat, "y_lik": y_lik.clamp_min(1e-9), "z_lik": z_lik.clamp_min(1e-9)}
+
+
+    def entropy_parameters(self, y: torch.Tensor, z_hat: torch.Tensor, t: torch.Tensor):
+        """(means, clamped log-scales) of y: the hyper-prior's, then the checkerboard context's
+        for the non-anchors (from the anchors quantised as the decoder will see them)."""
+        means, log_scales = self.h_s(z_hat * self._interp(self.log_inv_hgain, t))
+        log_scales = log_scales.clamp(math.log(SCALE_MIN), math.log(SCALE_MAX))
+        if self.ctx is None:
+            return means, log_scales
+        anchor = anchor_mask(*y.shape[2:], device=y.device)
+        anchors = torch.where(anchor, round_ste(y - means) + means, torch.zeros_like(y))
+        c_means, c_log_scales = self.ctx(anchors, means, log_scales)
+        return torch.where(anchor, means, c_means), torch.where(anchor, log_scales, c_log_scales)
 
 
 def rd_loss(out: dict, x: torch.Tensor, lmbda: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

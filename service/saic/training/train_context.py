@@ -1,0 +1,100 @@
+"""Add a checkerboard context model to a trained codec and train it alone (rate only).
+
+    python -m saic.training.train_context models/saic-small/checkpoint.pt runs/ctx/ckpt.pt
+
+The transforms and the hyper-prior stay frozen, so only the non-anchor half of the
+latent's bits change, and the latents can be computed once and cached: an epoch over a
+few thousand crops takes under a minute on 2 CPU cores.  The result is an ordinary codec
+checkpoint (config.context = true) for `saic.training.export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .data import CropSampler
+from .model import VariableRateCodec, anchor_mask, gaussian_likelihood
+from .train_codec import DEFAULT_DATA, load_model
+
+
+@torch.no_grad()
+def cached_latents(model: VariableRateCodec, sampler: CropSampler, batches: int, batch: int) -> list[tuple]:
+    """(y, hyper means, clamped hyper log-scales) of random crops at random rate levels."""
+    out = []
+    for _ in range(batches):
+        x = torch.from_numpy(sampler.batch(batch)).permute(0, 3, 1, 2).float() / 255
+        t = torch.rand(batch) * (model.levels - 1)
+        y = model.g_a(x) * model._interp(model.log_gain, t)
+        z_hat = torch.round(model.h_a(y) * model._interp(model.log_hgain, t))
+        plain = model.ctx
+        model.ctx = None  # the hyper-prior alone
+        means, log_scales = model.entropy_parameters(y, z_hat, t)
+        model.ctx = plain
+        out.append((y, means, log_scales))
+    return out
+
+
+def non_anchor_bits(model: VariableRateCodec, y, means, log_scales, noise: bool) -> torch.Tensor:
+    """Bits of the non-anchor latents under the context model (uniform noise or rounding)."""
+    anchor = anchor_mask(*y.shape[2:])
+    anchors = torch.where(anchor, torch.round(y - means) + means, torch.zeros_like(y))
+    c_means, c_log_scales = model.ctx(anchors, means, log_scales)
+    v = y + torch.empty_like(y).uniform_(-0.5, 0.5) if noise else torch.round(y - c_means) + c_means
+    bits = -gaussian_likelihood(v, c_means, c_log_scales.exp()).clamp_min(1e-9).log2()
+    return torch.where(anchor, torch.zeros_like(bits), bits).sum()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("codec", type=Path, help="trained codec checkpoint (without context)")
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--data", nargs="+", default=DEFAULT_DATA)
+    ap.add_argument("--crops", type=int, default=7200, help="cached 256x256 training crops")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--final-lr", type=float, default=1e-4, help="for the last quarter of the epochs")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base, ck = load_model(args.codec)
+    model = VariableRateCodec(replace(base.config, context=True))
+    missing = model.load_state_dict(base.state_dict(), strict=False).missing_keys
+    assert all(k.startswith("ctx.") for k in missing), missing
+    model.eval().requires_grad_(False)
+    model.ctx.requires_grad_(True)
+    t0 = time.time()
+    sampler = CropSampler([Path(d) for d in args.data], crop=256, seed=12345)
+    cache = cached_latents(model, sampler, args.crops // 8, 8)
+    pixels = 8 * 256 * 256
+    opt = torch.optim.Adam(model.ctx.parameters(), lr=args.lr)
+    log = open(args.out.with_suffix(".log"), "a")
+    for epoch in range(args.epochs):
+        if epoch == args.epochs - max(1, args.epochs // 4):
+            for g in opt.param_groups:
+                g["lr"] = args.final_lr
+        total = 0.0
+        for y, means, log_scales in cache:
+            loss = non_anchor_bits(model, y, means, log_scales, noise=True) / pixels
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        rec = {"epoch": epoch + 1, "non_anchor_bpp": round(total / len(cache), 5), "seconds": round(time.time() - t0)}
+        print(json.dumps(rec), file=log, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    extra = {k: ck[k] for k in ("step", "wall_seconds", "hardware", "data") if k in ck}
+    torch.save({"model": model.state_dict(), "config": model.config.to_dict(), **extra,
+                "context_training": {"crops": len(cache) * 8, "epochs": args.epochs,
+                                     "seconds": round(time.time() - t0)}}, args.out)
+
+
+if __name__ == "__main__":
+    main()
