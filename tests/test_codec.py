@@ -195,24 +195,28 @@ def test_entropy_parameters_do_not_depend_on_summation_order(model):
 
 
 def test_context_parameters_do_not_depend_on_summation_order(model):
-    """The checkerboard context's GEMMs, permuted like the hyper-synthesis above."""
+    """The context model's GEMMs, permuted like the hyper-synthesis above (channels permuted
+    within each slice, so every tap still reads the same set of decoded channels)."""
     t = model._arrays
-    if "x_w" not in t:
-        pytest.skip("the default model has no checkerboard context")
+    if "context_slices" not in t:
+        pytest.skip("the default model has no context model")
     rng = np.random.default_rng(1)
-    m = t["x_w"].shape[1]
+    slices, m = int(t["context_slices"]), t["x1_w"].shape[1]
+    width = m // slices
     means = rng.integers(-2000, 2000, size=(2, m, 5, 6))
     log_scales = rng.integers(-600, 1100, size=means.shape)
-    anchors = means + 256 * rng.integers(-8, 9, size=means.shape)
-    ref = fixedpoint.CheckerboardContext(t)(anchors, means, log_scales)
-    perm = rng.permutation(m)
+    y_hat = means + 256 * rng.integers(-8, 9, size=means.shape)
+    perm = np.concatenate([s * width + rng.permutation(width) for s in range(slices)])
     t2 = dict(t)
-    t2["x_w"] = t["x_w"][:, perm]
-    got = fixedpoint.CheckerboardContext(t2)(anchors[:, perm], means, log_scales)
-    assert np.array_equal(ref[0], got[0]) and np.array_equal(ref[1], got[1])
-    non_anchor = ~fixedpoint.anchor_mask(5, 6)
-    assert not np.array_equal(ref[0][..., non_anchor], means[..., non_anchor])  # it does predict
-    assert np.array_equal(ref[0][..., ~non_anchor], means[..., ~non_anchor])  # anchors keep the hyper-prior's
+    for k in range(1, 2 * slices):
+        t2[f"x{k}_w"] = t[f"x{k}_w"][:, perm]
+    ctx, ctx2 = fixedpoint.ContextModel(t), fixedpoint.ContextModel(t2)
+    for k, (ch, pos) in enumerate(fixedpoint.context_parts(slices, m, 5, 6)):
+        if k:
+            ref = ctx(k, y_hat, means, log_scales, pos)
+            got = ctx2(k, y_hat[:, perm], means, log_scales, pos)
+            assert np.array_equal(ref[0], got[0]) and np.array_equal(ref[1], got[1])
+            assert not np.array_equal(ref[0], means[:, ch][..., pos])  # it does predict
 
 
 def test_golden_bitstream_decodes_to_golden_pixels(model):

@@ -103,9 +103,9 @@ def test_relevel_keeps_old_levels_and_extends_the_gain_tables():
 
 @pytest.fixture(scope="module")
 def exported_context(tmp_path_factory):
-    """A tiny model with a checkerboard context whose weights are random (a fresh one is the identity)."""
+    """A tiny model with a 2-slice context whose weights are random (a fresh one is the identity)."""
     torch.manual_seed(3)
-    model = VariableRateCodec(CodecConfig(n=16, m=24, nz=8, nh=16, nc=16, context=True)).eval()
+    model = VariableRateCodec(CodecConfig(n=16, m=24, nz=8, nh=16, nc=16, context_slices=2)).eval()
     with torch.no_grad():
         for p in model.ctx.parameters():
             p.copy_(torch.randn_like(p) * 0.1)
@@ -116,7 +116,7 @@ def exported_context(tmp_path_factory):
 
 
 def test_fixed_point_context_matches_float(exported_context):
-    """Integer hyper-synthesis + checkerboard context vs the float model's entropy parameters."""
+    """Integer hyper-synthesis + context model, step by step, vs the float model."""
     model, path = exported_context
     runtime = load_model(path)
     rng = np.random.default_rng(4)
@@ -126,29 +126,25 @@ def test_fixed_point_context_matches_float(exported_context):
     y = torch.randn(2, 24, 8, 12) * 3
     with torch.no_grad():
         ref_means, ref_log_scales = model.entropy_parameters(y, torch.from_numpy(z).float(), t)
-    means, log_scales = fixedpoint.hyper_synthesis_parameters(runtime._arrays, z, qs)
-    sym = np.rint(y.double().numpy() - means * 2.0**-fixedpoint.ACT_FRAC).astype(np.int64)
-    means, log_scales = fixedpoint.CheckerboardContext(runtime._arrays)(sym * 256 + means, means, log_scales)
-    non_anchor = ~fixedpoint.anchor_mask(8, 12)
-    got = means * 2.0**-fixedpoint.ACT_FRAC
-    moved = np.abs(ref_means.numpy() - model.h_s(torch.from_numpy(z).float()
-                                                 * model._interp(model.log_inv_hgain, t))[0].detach().numpy())
-    assert moved[..., non_anchor].mean() > 0.05  # the context really changes the non-anchors' means
-    assert np.abs(got - ref_means.numpy()).max() < 0.05
+        hyper_means = model.h_s(torch.from_numpy(z).float() * model._interp(model.log_inv_hgain, t))[0]
+    hyper = fixedpoint.hyper_synthesis_parameters(runtime._arrays, z, qs)
+    _, means, log_scales = runtime._quantise(y.double().numpy(), *hyper, None)
+    assert (ref_means - hyper_means).abs().mean() > 0.05  # the context really moves the means
+    assert np.abs(means * 2.0**-fixedpoint.ACT_FRAC - ref_means.numpy()).max() < 0.05
     lo, hi = runtime._arrays["x_log_scale_range"] * 2.0**-fixedpoint.ACT_FRAC
     assert np.abs(np.clip(log_scales * 2.0**-fixedpoint.ACT_FRAC, lo, hi) - ref_log_scales.numpy()).max() < 0.05
 
 
-def test_context_model_round_trips_and_codes_in_two_parts(exported_context):
+def test_context_model_round_trips_in_four_parts(exported_context):
     _, path = exported_context
     runtime = load_model(path)
-    assert runtime._context is not None
+    assert runtime._context.slices == 2 and len(runtime._parts(4, 4)) == 4
     x = (np.random.default_rng(5).random((100, 130, 3)) * 255).astype(np.uint8)
+    other = load_model(path, threads=1, optimization="disabled")
     for q in (0, 100):
         data = runtime.compress_batch([x], [q])[0]
         out = runtime.decompress_batch([data])[0]
         assert out.shape == x.shape
-        other = load_model(path, threads=1, optimization="disabled")
         assert np.array_equal(other.decompress_batch([data])[0], out)
 
 
@@ -156,7 +152,7 @@ def test_fresh_context_is_the_plain_hyperprior_and_learns():
     torch.manual_seed(6)
     cfg = CodecConfig(n=8, m=12, nz=4, nh=8, nc=8)
     plain = VariableRateCodec(cfg).eval()
-    ctx = VariableRateCodec(CodecConfig(**{**cfg.to_dict(), "lambdas": cfg.lambdas, "context": True})).eval()
+    ctx = VariableRateCodec(CodecConfig(**{**cfg.to_dict(), "lambdas": cfg.lambdas, "context_slices": 2})).eval()
     ctx.load_state_dict(plain.state_dict(), strict=False)
     y, z, t = torch.randn(2, 12, 8, 8) * 4, torch.randint(-3, 4, (2, 4, 2, 2)).float(), torch.tensor([0.0, 5.5])
     for a, b in zip(plain.entropy_parameters(y, z, t), ctx.entropy_parameters(y, z, t)):
@@ -165,7 +161,7 @@ def test_fresh_context_is_the_plain_hyperprior_and_learns():
     x = torch.rand(2, 3, 64, 64)
     loss, _, _ = rd_loss(ctx(x, t), x, ctx.lmbda(t))
     loss.backward()
-    assert ctx.ctx.p3.weight.grad.abs().sum() > 0  # the rate term reaches the context
+    assert all(step.p3.weight.grad.abs().sum() > 0 for step in ctx.ctx.steps)  # the rate term reaches every step
 
 
 def test_train_context_writes_an_exportable_context_checkpoint(tmp_path):
@@ -186,7 +182,7 @@ def test_train_context_writes_an_exportable_context_checkpoint(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "ctx.log").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     manifest = export(tmp_path / "ctx.pt", tmp_path / "model", "tiny-ctx")
-    assert manifest["config"]["context"] is True and manifest["training"]["steps"] == 11
+    assert manifest["config"]["context_slices"] == 2 and manifest["training"]["steps"] == 11
     runtime = load_model(tmp_path / "model")
     x = (rng.random((64, 80, 3)) * 255).astype(np.uint8)
     assert runtime.decompress_batch(runtime.compress_batch([x], [30]))[0].shape == x.shape

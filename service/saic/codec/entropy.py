@@ -8,8 +8,8 @@ and decoder build identical coders.  Layout of the substreams (K >= 1):
 * substream k > 0: latent channel group k.
 
 A group holds one or more *parts* coded one after another: the whole latent, or for a
-model with a checkerboard context the anchors first, then the non-anchors (whose tables
-the decoder can only compute once every group's anchors are decoded).  Within a part,
+model with a context model its parts in coding order (fixedpoint.context_parts), whose
+tables the decoder can only compute once every group's earlier parts are decoded.  Within a part,
 symbols are coded table by table (ascending scale index), each table's
 symbols in C,H,W raster order: one vectorised call per table.  A symbol outside a
 table's support is coded as the table's escape symbol, and after all tables its value is

@@ -1,8 +1,8 @@
 """The entropy-parameter path in exact integer arithmetic.
 
 Everything that decides the entropy coder's tables — hyper-gain interpolation, the
-hyper-synthesis network, and the mapping from predicted log-scale to a table index — is
-computed here on integers.  The convolutions run as float64 matrix products on
+hyper-synthesis network, the context model, and the mapping from predicted log-scale to a
+table index — is computed here on integers.  The convolutions run as float64 matrix products on
 integer-valued operands whose every partial sum stays below 2**53, so BLAS gives the
 exact same result in any summation order, on any CPU and with any thread count.  A
 bitstream therefore decodes bit-exactly everywhere; only the pixel path (synthesis) is
@@ -178,53 +178,81 @@ class HyperSynthesis:
         return out[:, :m], out[:, m:]
 
 
-# the 12 taps of a 5x5 window whose latents have the other checkerboard colour
-CONTEXT_TAPS = [(dy, dx) for dy in range(5) for dx in range(5) if (dy + dx) % 2 == 1]
+# the 5x5 window of the context convolutions
+WINDOW = [(dy, dx) for dy in range(5) for dx in range(5)]
 
 
 def anchor_mask(h: int, w: int) -> np.ndarray:
-    """(h, w) bool: the checkerboard's anchors, (i + j) even; they are coded first."""
+    """(h, w) bool: the checkerboard's anchors, (i + j) even."""
     return (np.add.outer(np.arange(h), np.arange(w)) % 2) == 0
 
 
-class CheckerboardContext:
-    """Integer twin of saic.training.model.CheckerboardContext: the means and log-scales of
-    the non-anchor latents from the decoded anchors and the hyper-prior's prediction.
-    Evaluated only at the non-anchor positions, on the 12 taps that can be non-zero."""
+def context_prefix(step: int, slice_width: int, dy: int, dx: int) -> int:
+    """How many leading latent channels are already decoded at window tap (dy, dx) when step
+    `step` is decoded (steps: slice s's anchors are 2s, its non-anchors 2s + 1).  Earlier
+    slices are complete; the current slice's anchors are known to its non-anchor step, and
+    they sit at the opposite-colour taps."""
+    s, non_anchor = divmod(step, 2)
+    return (s + 1) * slice_width if non_anchor and (dy + dx) % 2 == 1 else s * slice_width
+
+
+def context_parts(slices: int, channels: int, h: int, w: int) -> list[tuple[slice, np.ndarray]]:
+    """The coding order of a context model: per channel slice, its anchors then its non-anchors
+    as (channels, (h, w) position mask); without a context (slices 0) one part, everything."""
+    if slices == 0:
+        return [(slice(0, channels), np.ones((h, w), bool))]
+    width = channels // slices
+    anchor = anchor_mask(h, w)
+    return [(slice(s * width, (s + 1) * width), m) for s in range(slices) for m in (anchor, ~anchor)]
+
+
+class ContextModel:
+    """Integer twin of saic.training.model.ContextModel: the means and log-scales of each
+    coding step's latents from everything decoded before it and the hyper-prior's prediction.
+    Each step's window convolution reads only the (tap, channel) pairs already decoded."""
 
     def __init__(self, t: Mapping[str, np.ndarray]):
-        w = np.asarray(t["x_w"])
-        taps = np.concatenate([w[:, :, dy, dx].T for dy, dx in CONTEXT_TAPS], axis=0)  # (12*M, O), row = tap*M + c
-        self._ctx = _Layer(taps, t["x_b"], int(t["x_frac"]))
-        self._p = [_Layer.conv(t[f"p{i}_w"], t[f"p{i}_b"], int(t[f"p{i}_frac"])) for i in (1, 2, 3)]
+        self.slices = int(t["context_slices"])
         self._lo, self._hi = (float(v) for v in t["x_log_scale_range"])
+        self._steps = []
+        for k in range(1, 2 * self.slices):
+            w = np.asarray(t[f"x{k}_w"])
+            width = w.shape[1] // self.slices
+            taps = [(dy, dx, context_prefix(k, width, dy, dx)) for dy, dx in WINDOW]
+            taps = [tap for tap in taps if tap[2]]
+            matrix = np.concatenate([w[:, :n, dy, dx].T for dy, dx, n in taps], axis=0)
+            layers = [_Layer(matrix, t[f"x{k}_b"], int(t[f"x{k}_frac"]))]
+            layers += [_Layer.conv(t[f"p{k}{i}_w"], t[f"p{k}{i}_b"], int(t[f"p{k}{i}_frac"])) for i in (1, 2, 3)]
+            self._steps.append((taps, layers))
 
     def __call__(
-        self, anchors: np.ndarray, means: np.ndarray, log_scales: np.ndarray
+        self, step: int, y_hat: np.ndarray, means: np.ndarray, log_scales: np.ndarray, positions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """anchors: y_hat in 2**-ACT_FRAC units (B,M,H,W), read at the anchors only; means and
-        log-scales: the hyper-prior's.  Returns new int64 (means, log_scales), non-anchors replaced."""
+        """Parameters of step `step` >= 1 at `positions` ((h, w) mask) for its channel slice.
+
+        y_hat: decoded latents in 2**-ACT_FRAC units (B,M,H,W), read only where already decoded;
+        means, log_scales: the hyper-prior's.  Returns int64 (means, log_scales) (B, width, P)."""
+        taps, (ctx, p1, p2, p3) = self._steps[step - 1]
         b, m, h, w = means.shape
-        ii, jj = np.nonzero(~anchor_mask(h, w))
+        width = m // self.slices
+        ii, jj = np.nonzero(positions)
         if ii.size == 0:
-            return means, log_scales
+            return np.zeros((b, width, 0), np.int64), np.zeros((b, width, 0), np.int64)
         with single_threaded_blas():
-            a = np.zeros((b, h + 4, w + 4, m))
-            a[:, 2 : 2 + h, 2 : 2 + w] = (anchors * anchor_mask(h, w)).transpose(0, 2, 3, 1)
+            a = np.zeros((b, h + 4, w + 4, max(n for _, _, n in taps)))
+            a[:, 2 : 2 + h, 2 : 2 + w] = y_hat[:, : a.shape[3]].transpose(0, 2, 3, 1)
             np.clip(a, -ACT_LIMIT, ACT_LIMIT, out=a)
-            cols = np.stack([a[:, ii + dy, jj + dx] for dy, dx in CONTEXT_TAPS], axis=2)  # (B, P, 12, M)
-            ctx = self._ctx.rows(cols.reshape(b * ii.size, -1), relu=False)
+            cols = np.concatenate([a[:, ii + dy, jj + dx, :n] for dy, dx, n in taps], axis=2)  # (B, P, K)
+            c = ctx.rows(cols.reshape(b * ii.size, -1), relu=False)
             mu = means[:, :, ii, jj].transpose(0, 2, 1).reshape(-1, m).astype(np.float64)
             ls = np.clip(log_scales[:, :, ii, jj].transpose(0, 2, 1).reshape(-1, m), self._lo, self._hi)
-            x = np.concatenate([mu, ls, ctx], axis=1)
-            x = self._p[1].rows(self._p[0].rows(x, relu=True), relu=True)
-            d = self._p[2].rows(x, relu=False)
-            new_mu = (mu + d[:, :m]).astype(np.int64)
-            new_ls = np.clip(ls + d[:, m:], self._lo, self._hi).astype(np.int64)
-        means, log_scales = means.copy(), log_scales.copy()
-        means[:, :, ii, jj] = new_mu.reshape(b, -1, m).transpose(0, 2, 1)
-        log_scales[:, :, ii, jj] = new_ls.reshape(b, -1, m).transpose(0, 2, 1)
-        return means, log_scales
+            d = p3.rows(p2.rows(p1.rows(np.concatenate([mu, ls, c], axis=1), relu=True), relu=True), relu=False)
+            s = (step // 2) * width
+            new_mu = mu[:, s : s + width] + d[:, :width]
+            new_ls = np.clip(ls[:, s : s + width] + d[:, width:], self._lo, self._hi)
+        shape = (b, ii.size, width)
+        return (new_mu.reshape(shape).transpose(0, 2, 1).astype(np.int64),
+                new_ls.reshape(shape).transpose(0, 2, 1).astype(np.int64))
 
 
 def hyper_synthesis(

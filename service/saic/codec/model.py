@@ -28,8 +28,8 @@ HALO = 32  # context around a tile: beyond the receptive field's reach, so tilin
 SYMBOLS_PER_SUBSTREAM = 1 << 16
 MAX_SUBSTREAMS = 8
 # compress_to_bpp also tries half resolution when full resolution fits only at or below this quality
-# (half-resolution quality 100 is ~0.25 bpp on Kodak, full-resolution quality 30 ~0.27: docs/codec.md)
-HALF_SEARCH_BELOW_QUALITY = 40
+# (Kodak, targets 0.08-0.25 bpp: half won 25 of 70 cases where full fit at q <= 20, 0 of 53 above)
+HALF_SEARCH_BELOW_QUALITY = 20
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 GRAPH_OPTIMIZATION = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -147,8 +147,8 @@ class CodecModel:
         self.providers: list[str] = self._sessions["analysis"].get_providers()
         self._tables = entropy.EntropyTables(self._arrays)
         self._hyper_synthesis = fixedpoint.HyperSynthesis(self._arrays)
-        # models exported with a checkerboard context carry its integer weights in entropy.npz
-        self._context = fixedpoint.CheckerboardContext(self._arrays) if "x_w" in self._arrays else None
+        # models exported with a context model carry its integer weights in entropy.npz
+        self._context = fixedpoint.ContextModel(self._arrays) if "context_slices" in self._arrays else None
         self._levels = int(self._arrays["gain"].shape[0])
         log.info("loaded model %s (tag %04x) with %s, %s", self.id, self.tag, self.providers[0], self.precision)
 
@@ -323,21 +323,17 @@ class CodecModel:
         hg = np.stack([fixedpoint.interp_float(a["hgain"], q) for q in qs])[:, :, None, None]
         z_hat = np.clip(np.rint(z * hg), -entropy.SYMBOL_LIMIT, entropy.SYMBOL_LIMIT).astype(np.int64)
         with _timed(timings, "entropy_params"):
-            means, log_scales = self._hyper_synthesis.parameters(z_hat, qs)
-        y_g = y_g.astype(np.float64)
-        sym = _symbols(y_g, means)
-        masks = self._part_masks(*sym.shape[2:])
-        if self._context is not None:  # the non-anchors' parameters come from the quantised anchors
-            with _timed(timings, "entropy_params"):
-                means, log_scales = self._context(sym * (1 << fixedpoint.ACT_FRAC) + means, means, log_scales)
-            sym = _symbols(y_g, means)
+            hyper = self._hyper_synthesis.parameters(z_hat, qs)
+        sym, _, log_scales = self._quantise(y_g.astype(np.float64), *hyper, timings)
         index = self._hyper_synthesis.scale_index(log_scales)
+        parts = self._parts(*sym.shape[2:])
         out = []
         with _timed(timings, "entropy_encode"):
             for i, q in enumerate(qs):
                 k = substream_count(sym[i].size)
                 enc = entropy.encode_z(self._tables, z_hat[i])
-                subs = entropy.encode_y(self._tables, enc, [(sym[i][:, m], index[i][:, m]) for m in masks], k)
+                coded = [(sym[i, ch][:, pos], index[i, ch][:, pos]) for ch, pos in parts]
+                subs = entropy.encode_y(self._tables, enc, coded, k)
                 h, w = shapes[i]
                 out.append(bitstream.pack(self.tag, w, h, q, subs, downscales[i]))
         return out
@@ -381,28 +377,49 @@ class CodecModel:
                 decoders.append(dec)
         qs = [it.header.quality for it in items]
         with _timed(timings, "entropy_params"):
-            means, log_scales = self._hyper_synthesis.parameters(np.stack(zs), qs)
+            hyper = self._hyper_synthesis.parameters(np.stack(zs), qs)
         decoders = [entropy.y_decoders(dec, it.substreams) for dec, it in zip(decoders, items)]
+        means, log_scales = (p.copy() for p in hyper)
         sym = np.zeros_like(means)
-        for part, m in enumerate(self._part_masks(*means.shape[2:])):
-            if part == 1:  # the anchors are in: the context model gives the non-anchors' parameters
+        decoded = np.zeros_like(means)  # y_hat so far, in 2**-ACT_FRAC units: the context's input
+        for k, (ch, pos) in enumerate(self._parts(*means.shape[2:])):
+            ii, jj = np.nonzero(pos)
+            if k:
                 with _timed(timings, "entropy_params"):
-                    means, log_scales = self._context(sym * (1 << fixedpoint.ACT_FRAC) + means, means, log_scales)
-            index = self._hyper_synthesis.scale_index(log_scales[:, :, m])
+                    means[:, ch, ii, jj], log_scales[:, ch, ii, jj] = self._context(k, decoded, *hyper, pos)
+            index = self._hyper_synthesis.scale_index(log_scales[:, ch, ii, jj])
             with _timed(timings, "entropy_decode"):
                 for i in range(len(items)):
-                    sym[i][:, m] = entropy.decode_y(self._tables, decoders[i], index[i])
+                    sym[i, ch][:, ii, jj] = entropy.decode_y(self._tables, decoders[i], index[i])
+            decoded[:, ch, ii, jj] = sym[:, ch, ii, jj] * (1 << fixedpoint.ACT_FRAC) + means[:, ch, ii, jj]
         y_hat = sym + means * 2.0**-fixedpoint.ACT_FRAC
         inv = np.stack([fixedpoint.interp_float(a["inv_gain"], q) for q in qs])[:, :, None, None]
         return (y_hat * inv).astype(np.float32)
 
-    def _part_masks(self, h: int, w: int) -> list[np.ndarray]:
-        """The latent positions of each part, in coding order: all of them, or with a
-        checkerboard context the anchors, then the non-anchors."""
+    def _parts(self, h: int, w: int) -> list[tuple[slice, np.ndarray]]:
+        """Coding order: (channel slice, (h, w) position mask) per part (fixedpoint.context_parts)."""
+        slices = self._context.slices if self._context is not None else 0
+        return fixedpoint.context_parts(slices, self._arrays["gain"].shape[1], h, w)
+
+    def _quantise(
+        self, y: np.ndarray, means: np.ndarray, log_scales: np.ndarray, timings: dict[str, float] | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Gained latents -> (symbols, means, log-scales) as coded.  With a context model, part
+        by part: each part's parameters come from the parts quantised before it."""
         if self._context is None:
-            return [np.ones((h, w), bool)]
-        anchor = fixedpoint.anchor_mask(h, w)
-        return [anchor, ~anchor]
+            return _symbols(y, means), means, log_scales
+        sym = np.zeros(y.shape, np.int64)
+        y_hat = np.zeros(y.shape, np.int64)
+        c_means, c_log_scales = means.copy(), log_scales.copy()
+        for k, (ch, pos) in enumerate(self._parts(*y.shape[2:])):
+            ii, jj = np.nonzero(pos)
+            if k:
+                with _timed(timings, "entropy_params"):
+                    c_means[:, ch, ii, jj], c_log_scales[:, ch, ii, jj] = self._context(k, y_hat, means, log_scales, pos)
+            mu = c_means[:, ch, ii, jj]
+            sym[:, ch, ii, jj] = _symbols(y[:, ch, ii, jj], mu)
+            y_hat[:, ch, ii, jj] = sym[:, ch, ii, jj] * (1 << fixedpoint.ACT_FRAC) + mu
+        return sym, c_means, c_log_scales
 
     # ---------------------------------------------------------------- checks
     @staticmethod

@@ -3,8 +3,8 @@
     python -m saic.training.export runs/codec/ckpt.pt models/saic-small --id saic-small
 
 Writes analysis.onnx, hyper_analysis.onnx, synthesis.onnx (float, dynamic batch/H/W) and
-entropy.npz: the integer side of the codec — fixed-point hyper-synthesis (and checkerboard
-context, if the model has one), gain tables, quantised CDF tables — so that every machine derives identical entropy-coder tables.
+entropy.npz: the integer side of the codec — fixed-point hyper-synthesis (and context
+model, if the model has one), gain tables, quantised CDF tables — so that every machine derives identical entropy-coder tables.
 Also analysis_fp16.onnx and synthesis_fp16.onnx (fp16 weights and arithmetic, float32 in/out)
 for GPUs; they sit outside the weights hash because they write and read the same bitstreams.
 """
@@ -95,14 +95,12 @@ def entropy_arrays(model: VariableRateCodec) -> dict[str, np.ndarray]:
     for name in ("c1", "c2", "c3", "c4"):
         w, b, frac = quantise_conv(getattr(hs, name))
         arrays[f"{name}_w"], arrays[f"{name}_b"], arrays[f"{name}_frac"] = w, b, np.int64(frac)
-    if model.ctx is not None:  # checkerboard context: fixedpoint.CheckerboardContext reads x_* and p*_*
-        masked = torch.nn.Conv2d(model.config.m, model.config.m, 5, 1, 2)
-        with torch.no_grad():
-            masked.weight.copy_(model.ctx.ctx.weight * model.ctx.mask)
-            masked.bias.copy_(model.ctx.ctx.bias)
-        for name, layer in (("x", masked), ("p1", model.ctx.p1), ("p2", model.ctx.p2), ("p3", model.ctx.p3)):
-            w, b, frac = quantise_conv(layer)
-            arrays[f"{name}_w"], arrays[f"{name}_b"], arrays[f"{name}_frac"] = w, b, np.int64(frac)
+    if model.ctx is not None:  # context model: fixedpoint.ContextModel reads x{k}_* and p{k}{i}_* per step k
+        arrays["context_slices"] = np.int64(model.ctx.slices)
+        for k, step in enumerate(model.ctx.steps, 1):
+            for name, layer in ((f"x{k}", step.masked_conv()), (f"p{k}1", step.p1), (f"p{k}2", step.p2), (f"p{k}3", step.p3)):
+                w, b, frac = quantise_conv(layer)
+                arrays[f"{name}_w"], arrays[f"{name}_b"], arrays[f"{name}_frac"] = w, b, np.int64(frac)
         bounds = np.log([SCALE_MIN, SCALE_MAX]) * 2.0**fp.ACT_FRAC
         arrays["x_log_scale_range"] = np.array([math.ceil(bounds[0]), math.floor(bounds[1])], np.int64)
     with torch.no_grad():

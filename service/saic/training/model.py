@@ -1,14 +1,14 @@
 """Variable-rate mean-scale hyperprior codec (Minnen et al. 2018), optionally with a
-checkerboard context model (He et al. 2021).
+channel-sliced checkerboard context model (He et al. 2021, 2022).
 
 Rate control: per-level gain vectors (Cui et al. 2021) on the latent and hyper-latent,
 interpolated *linearly* between adjacent levels so that the integer runtime can do the
 same interpolation exactly.  The hyper-synthesis (entropy-parameter network) only uses
 ops that have an exact fixed-point form: 'same' convolutions, ReLU and pixel shuffle.
 It predicts means and *log*-scales, so the runtime never evaluates a transcendental
-function on the path that drives the entropy coder.  The checkerboard context obeys the
+function on the path that drives the entropy coder.  The context model obeys the
 same rules (convolutions, ReLU, integer-exact residual adds), so it has a fixed-point
-twin as well (saic.codec.fixedpoint.CheckerboardContext).
+twin as well (saic.codec.fixedpoint.ContextModel).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class CodecConfig:
     nz: int = 48  # hyper-latent channels
     nh: int = 64  # hyper-synthesis width
     lambdas: tuple[float, ...] = (0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.05)
-    context: bool = False  # checkerboard context model for the non-anchor half of the latent
+    context_slices: int = 0  # channel slices of the checkerboard context model (0: none)
     nc: int = 128  # context parameter-network width
 
     def to_dict(self) -> dict:
@@ -116,36 +116,89 @@ class HyperSynthesis(nn.Module):
 
 
 def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
-    """(1, 1, h, w) bool: the checkerboard's anchors, (i + j) even; they are coded first."""
+    """(1, 1, h, w) bool: the checkerboard's anchors, (i + j) even."""
     i = torch.arange(h, device=device)[:, None]
     j = torch.arange(w, device=device)[None, :]
     return ((i + j) % 2 == 0)[None, None]
 
 
-class CheckerboardContext(nn.Module):
-    """Means and log-scales of the non-anchor latents from the decoded anchors around them
-    (the 12 opposite-colour taps of a 5x5 window) and the hyper-prior's own prediction.
+def context_prefix(step: int, slice_width: int, dy: int, dx: int) -> int:
+    """Leading latent channels already decoded at window tap (dy, dx) for a coding step
+    (slice s's anchors are step 2s, its non-anchors 2s + 1): same rule as saic.codec.fixedpoint."""
+    s, non_anchor = divmod(step, 2)
+    return (s + 1) * slice_width if non_anchor and (dy + dx) % 2 == 1 else s * slice_width
 
-    Residual on (means, log_scales) with a zero-initialised last layer: it starts as the
-    plain hyper-prior.  Mirrored in fixed point by saic.codec.fixedpoint.CheckerboardContext."""
 
-    def __init__(self, c: CodecConfig):
+class ContextStep(nn.Module):
+    """One coding step's parameters: a 5x5 convolution over the decoded latents, masked to the
+    (tap, channel) pairs decoded before this step, then 1x1 layers on [hyper means, hyper
+    log-scales, context] giving residuals for the step's channel slice (zero-initialised)."""
+
+    def __init__(self, c: CodecConfig, step: int):
         super().__init__()
+        width = c.m // c.context_slices
         self.ctx = nn.Conv2d(c.m, c.m, 5, 1, 2)
-        taps = torch.tensor([[(i + j) % 2 == 1 for j in range(5)] for i in range(5)], dtype=torch.float32)
-        self.register_buffer("mask", taps[None, None], persistent=False)
+        mask = torch.zeros(c.m, 5, 5)
+        for dy in range(5):
+            for dx in range(5):
+                mask[: context_prefix(step, width, dy, dx), dy, dx] = 1
+        self.register_buffer("mask", mask[None], persistent=False)
         self.p1 = nn.Conv2d(3 * c.m, c.nc, 1)
         self.p2 = nn.Conv2d(c.nc, c.nc, 1)
-        self.p3 = nn.Conv2d(c.nc, 2 * c.m, 1)
+        self.p3 = nn.Conv2d(c.nc, 2 * width, 1)
         nn.init.zeros_(self.p3.weight)
         nn.init.zeros_(self.p3.bias)
 
-    def forward(self, anchors: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor):
-        """anchors: y_hat at the anchors, 0 elsewhere; log_scales already clamped."""
-        c = F.conv2d(anchors, self.ctx.weight * self.mask, self.ctx.bias, padding=2)
+    def masked_conv(self) -> nn.Conv2d:
+        """The context convolution with its masked-out weights zeroed (for export)."""
+        conv = nn.Conv2d(self.ctx.in_channels, self.ctx.out_channels, 5, 1, 2)
+        with torch.no_grad():
+            conv.weight.copy_(self.ctx.weight * self.mask)
+            conv.bias.copy_(self.ctx.bias)
+        return conv
+
+    def forward(self, y_hat, means, log_scales):
+        c = F.conv2d(y_hat, self.ctx.weight * self.mask, self.ctx.bias, padding=2)
         h = F.relu(self.p1(torch.cat([means, log_scales, c], 1)))
-        d_means, d_log_scales = self.p3(F.relu(self.p2(h))).chunk(2, 1)
-        return means + d_means, (log_scales + d_log_scales).clamp(math.log(SCALE_MIN), math.log(SCALE_MAX))
+        return self.p3(F.relu(self.p2(h))).chunk(2, 1)
+
+
+class ContextModel(nn.Module):
+    """Channel-sliced checkerboard context (He et al. 2021 checkerboard, He et al. 2022
+    ELIC-style slices): the latent's channels in S slices, each coded anchors first, then
+    non-anchors, every step conditioned on all steps before it.  S = 1 is the plain
+    checkerboard.  Mirrored in fixed point by saic.codec.fixedpoint.ContextModel."""
+
+    def __init__(self, c: CodecConfig):
+        super().__init__()
+        self.slices = c.context_slices
+        self.steps = nn.ModuleList(ContextStep(c, k) for k in range(1, 2 * c.context_slices))
+
+    def forward(self, y, means, log_scales):
+        """(means, log_scales) of y, step by step; log_scales already clamped.  Each step sees
+        the latents of the steps before it quantised as the decoder will see them."""
+        anchor = anchor_mask(*y.shape[2:], device=y.device)
+        hm, hl, ys = means.chunk(self.slices, 1), log_scales.chunk(self.slices, 1), y.chunk(self.slices, 1)
+        out_m, out_l, known = [], [], []
+
+        def step(k, current):
+            y_hat = torch.cat(known + current + [torch.zeros_like(hm[0])] * (self.slices - len(known) - len(current)), 1)
+            d_m, d_l = self.steps[k - 1](y_hat, means, log_scales)
+            s = k // 2
+            return hm[s] + d_m, (hl[s] + d_l).clamp(math.log(SCALE_MIN), math.log(SCALE_MAX))
+
+        for s in range(self.slices):
+            m_s, l_s = hm[s], hl[s]
+            if s > 0:
+                a_m, a_l = step(2 * s, [])
+                m_s, l_s = torch.where(anchor, a_m, m_s), torch.where(anchor, a_l, l_s)
+            anchors = torch.where(anchor, round_ste(ys[s] - m_s) + m_s, torch.zeros_like(m_s))
+            n_m, n_l = step(2 * s + 1, [anchors])
+            m_s, l_s = torch.where(anchor, m_s, n_m), torch.where(anchor, l_s, n_l)
+            known.append(round_ste(ys[s] - m_s) + m_s)
+            out_m.append(m_s)
+            out_l.append(l_s)
+        return torch.cat(out_m, 1), torch.cat(out_l, 1)
 
 
 class FactorizedPrior(nn.Module):
@@ -211,7 +264,7 @@ class VariableRateCodec(nn.Module):
         self.g_a, self.g_s = Analysis(c), Synthesis(c)
         self.h_a, self.h_s = HyperAnalysis(c), HyperSynthesis(c)
         self.prior = FactorizedPrior(c.nz)
-        self.ctx = CheckerboardContext(c) if c.context else None
+        self.ctx = ContextModel(c) if c.context_slices else None
         # gains stored in log-domain for training stability; interpolated linearly in gain space
         init = torch.linspace(math.log(0.5), math.log(2.0), L)[:, None].expand(L, c.m).clone()
         self.log_gain = nn.Parameter(init)
@@ -273,16 +326,13 @@ class VariableRateCodec(nn.Module):
 
 
     def entropy_parameters(self, y: torch.Tensor, z_hat: torch.Tensor, t: torch.Tensor):
-        """(means, clamped log-scales) of y: the hyper-prior's, then the checkerboard context's
-        for the non-anchors (from the anchors quantised as the decoder will see them)."""
+        """(means, clamped log-scales) of y: the hyper-prior's, refined step by step by the
+        context model from the latents quantised before each step (as the decoder sees them)."""
         means, log_scales = self.h_s(z_hat * self._interp(self.log_inv_hgain, t))
         log_scales = log_scales.clamp(math.log(SCALE_MIN), math.log(SCALE_MAX))
         if self.ctx is None:
             return means, log_scales
-        anchor = anchor_mask(*y.shape[2:], device=y.device)
-        anchors = torch.where(anchor, round_ste(y - means) + means, torch.zeros_like(y))
-        c_means, c_log_scales = self.ctx(anchors, means, log_scales)
-        return torch.where(anchor, means, c_means), torch.where(anchor, log_scales, c_log_scales)
+        return self.ctx(y, means, log_scales)
 
 
 def rd_loss(out: dict, x: torch.Tensor, lmbda: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,11 +1,12 @@
-"""Add a checkerboard context model to a trained codec and train it alone (rate only).
+"""Add a channel-sliced checkerboard context model to a trained codec and train it alone
+(rate only).
 
-    python -m saic.training.train_context models/saic-small/checkpoint.pt runs/ctx/ckpt.pt
+    python -m saic.training.train_context runs/codec8/ckpt.pt runs/ctx/ckpt.pt --slices 2
 
-The transforms and the hyper-prior stay frozen, so only the non-anchor half of the
-latent's bits change, and the latents can be computed once and cached: an epoch over a
-few thousand crops takes under a minute on 2 CPU cores.  The result is an ordinary codec
-checkpoint (config.context = true) for `saic.training.export`.
+The transforms and the hyper-prior stay frozen, so the pixels stay the same and only the
+rate changes, and the latents can be computed once and cached: an epoch over a few thousand
+crops takes a minute or two on 2 CPU cores.  The result is an ordinary codec checkpoint
+(config.context_slices = S) for `saic.training.export`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .data import CropSampler
-from .model import VariableRateCodec, anchor_mask, gaussian_likelihood
+from .model import VariableRateCodec, gaussian_likelihood
 from .train_codec import DEFAULT_DATA, load_model
 
 
@@ -40,14 +41,11 @@ def cached_latents(model: VariableRateCodec, sampler: CropSampler, batches: int,
     return out
 
 
-def non_anchor_bits(model: VariableRateCodec, y, means, log_scales, noise: bool) -> torch.Tensor:
-    """Bits of the non-anchor latents under the context model (uniform noise or rounding)."""
-    anchor = anchor_mask(*y.shape[2:])
-    anchors = torch.where(anchor, torch.round(y - means) + means, torch.zeros_like(y))
-    c_means, c_log_scales = model.ctx(anchors, means, log_scales)
+def context_bits(model: VariableRateCodec, y, means, log_scales, noise: bool) -> torch.Tensor:
+    """Bits of y under the context model's parameters (uniform noise, or rounding as coded)."""
+    c_means, c_log_scales = model.ctx(y, means, log_scales)
     v = y + torch.empty_like(y).uniform_(-0.5, 0.5) if noise else torch.round(y - c_means) + c_means
-    bits = -gaussian_likelihood(v, c_means, c_log_scales.exp()).clamp_min(1e-9).log2()
-    return torch.where(anchor, torch.zeros_like(bits), bits).sum()
+    return -gaussian_likelihood(v, c_means, c_log_scales.exp()).clamp_min(1e-9).log2().sum()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("codec", type=Path, help="trained codec checkpoint (without context)")
     ap.add_argument("out", type=Path)
     ap.add_argument("--data", nargs="+", default=DEFAULT_DATA)
+    ap.add_argument("--slices", type=int, default=2, help="channel slices (1: plain checkerboard)")
     ap.add_argument("--crops", type=int, default=7200, help="cached 256x256 training crops")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -65,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base, ck = load_model(args.codec)
-    model = VariableRateCodec(replace(base.config, context=True))
+    model = VariableRateCodec(replace(base.config, context_slices=args.slices))
     missing = model.load_state_dict(base.state_dict(), strict=False).missing_keys
     assert all(k.startswith("ctx.") for k in missing), missing
     model.eval().requires_grad_(False)
@@ -82,12 +81,12 @@ def main(argv: list[str] | None = None) -> None:
                 g["lr"] = args.final_lr
         total = 0.0
         for y, means, log_scales in cache:
-            loss = non_anchor_bits(model, y, means, log_scales, noise=True) / pixels
+            loss = context_bits(model, y, means, log_scales, noise=True) / pixels
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item()
-        rec = {"epoch": epoch + 1, "non_anchor_bpp": round(total / len(cache), 5), "seconds": round(time.time() - t0)}
+        rec = {"epoch": epoch + 1, "latent_bpp": round(total / len(cache), 5), "seconds": round(time.time() - t0)}
         print(json.dumps(rec), file=log, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     extra = {k: ck[k] for k in ("step", "wall_seconds", "hardware", "data") if k in ck}
