@@ -115,7 +115,8 @@ def test_half_resolution_extends_the_low_end(model):
     half = model.compress_batch([x, x], [0, 100], downscales=[2, 2])
     assert [bitstream.read_header(d).downscale for d in half] == [2, 2]
     assert bitstream.read_header(half[0]).coded_size == (64, 96)
-    assert len(half[0]) < 0.6 * len(native0)  # a quarter of the pixels, but padding and fixed costs
+    # a quarter of the pixels, but 64x96 pads to 64x128 (a third of the latent) and fixed costs stay
+    assert len(half[0]) < 0.7 * len(native0)
     dec = model.decompress_batch(half)
     assert all(d.shape == x.shape for d in dec)
     assert 18.0 < psnr(x, dec[0]) < psnr(x, dec[1])

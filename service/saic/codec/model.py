@@ -28,7 +28,7 @@ HALO = 32  # context around a tile: beyond the receptive field's reach, so tilin
 SYMBOLS_PER_SUBSTREAM = 1 << 16
 MAX_SUBSTREAMS = 8
 # compress_to_bpp also tries half resolution when full resolution fits only at or below this quality
-# (Kodak, targets 0.08-0.25 bpp: half won 25 of 70 cases where full fit at q <= 20, 0 of 53 above)
+# (Kodak, targets 0.08-0.25 bpp: half won 19 of 62 cases where full fit at q <= 20, 0 of 65 above)
 HALF_SEARCH_BELOW_QUALITY = 20
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 GRAPH_OPTIMIZATION = {

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saic.codec.fixedpoint import context_prefix  # one rule for which latents a step may read
+
 SCALE_MIN = 0.11
 SCALE_MAX = 64.0
 
@@ -120,13 +122,6 @@ def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
     i = torch.arange(h, device=device)[:, None]
     j = torch.arange(w, device=device)[None, :]
     return ((i + j) % 2 == 0)[None, None]
-
-
-def context_prefix(step: int, slice_width: int, dy: int, dx: int) -> int:
-    """Leading latent channels already decoded at window tap (dy, dx) for a coding step
-    (slice s's anchors are step 2s, its non-anchors 2s + 1): same rule as saic.codec.fixedpoint."""
-    s, non_anchor = divmod(step, 2)
-    return (s + 1) * slice_width if non_anchor and (dy + dx) % 2 == 1 else s * slice_width
 
 
 class ContextStep(nn.Module):
