@@ -178,7 +178,7 @@ def test_train_context_writes_an_exportable_context_checkpoint(tmp_path):
     model = VariableRateCodec(CodecConfig(n=8, m=12, nz=4, nh=8, nc=8))
     save_checkpoint(tmp_path / "codec.pt", model, torch.optim.Adam(model.parameters()), 11, {})
     train_context.main([str(tmp_path / "codec.pt"), str(tmp_path / "ctx.pt"), "--data", str(data),
-                        "--crops", "16", "--epochs", "2"])
+                        "--slices", "2", "--crops", "16", "--epochs", "2"])
     log = [json.loads(line) for line in (tmp_path / "ctx.log").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
     manifest = export(tmp_path / "ctx.pt", tmp_path / "model", "tiny-ctx")

@@ -4,7 +4,8 @@
 
 Writes analysis.onnx, hyper_analysis.onnx, synthesis.onnx (float, dynamic batch/H/W) and
 entropy.npz: the integer side of the codec — fixed-point hyper-synthesis (and context
-model, if the model has one), gain tables, quantised CDF tables — so that every machine derives identical entropy-coder tables.
+model, if the model has one), gain tables, quantised CDF tables — so that every machine
+derives identical entropy-coder tables.
 Also analysis_fp16.onnx and synthesis_fp16.onnx (fp16 weights and arithmetic, float32 in/out)
 for GPUs; they sit outside the weights hash because they write and read the same bitstreams.
 """

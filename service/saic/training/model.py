@@ -166,6 +166,8 @@ class ContextModel(nn.Module):
 
     def __init__(self, c: CodecConfig):
         super().__init__()
+        if c.m % c.context_slices:
+            raise ValueError(f"{c.m} latent channels do not split into {c.context_slices} equal slices")
         self.slices = c.context_slices
         self.steps = nn.ModuleList(ContextStep(c, k) for k in range(1, 2 * c.context_slices))
 
@@ -323,11 +325,15 @@ class VariableRateCodec(nn.Module):
     def entropy_parameters(self, y: torch.Tensor, z_hat: torch.Tensor, t: torch.Tensor):
         """(means, clamped log-scales) of y: the hyper-prior's, refined step by step by the
         context model from the latents quantised before each step (as the decoder sees them)."""
-        means, log_scales = self.h_s(z_hat * self._interp(self.log_inv_hgain, t))
-        log_scales = log_scales.clamp(math.log(SCALE_MIN), math.log(SCALE_MAX))
+        means, log_scales = self.hyper_parameters(z_hat, t)
         if self.ctx is None:
             return means, log_scales
         return self.ctx(y, means, log_scales)
+
+    def hyper_parameters(self, z_hat: torch.Tensor, t: torch.Tensor):
+        """(means, clamped log-scales) of y from the hyper-prior alone."""
+        means, log_scales = self.h_s(z_hat * self._interp(self.log_inv_hgain, t))
+        return means, log_scales.clamp(math.log(SCALE_MIN), math.log(SCALE_MAX))
 
 
 def rd_loss(out: dict, x: torch.Tensor, lmbda: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

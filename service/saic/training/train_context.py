@@ -1,7 +1,7 @@
 """Add a channel-sliced checkerboard context model to a trained codec and train it alone
 (rate only).
 
-    python -m saic.training.train_context runs/codec8/ckpt.pt runs/ctx/ckpt.pt --slices 2
+    python -m saic.training.train_context runs/codec8/ckpt.pt runs/ctx4/ckpt.pt --slices 4
 
 The transforms and the hyper-prior stay frozen, so the pixels stay the same and only the
 rate changes, and the latents can be computed once and cached: an epoch over a few thousand
@@ -33,18 +33,14 @@ def cached_latents(model: VariableRateCodec, sampler: CropSampler, batches: int,
         t = torch.rand(batch) * (model.levels - 1)
         y = model.g_a(x) * model._interp(model.log_gain, t)
         z_hat = torch.round(model.h_a(y) * model._interp(model.log_hgain, t))
-        plain = model.ctx
-        model.ctx = None  # the hyper-prior alone
-        means, log_scales = model.entropy_parameters(y, z_hat, t)
-        model.ctx = plain
-        out.append((y, means, log_scales))
+        out.append((y, *model.hyper_parameters(z_hat, t)))
     return out
 
 
-def context_bits(model: VariableRateCodec, y, means, log_scales, noise: bool) -> torch.Tensor:
-    """Bits of y under the context model's parameters (uniform noise, or rounding as coded)."""
+def context_bits(model: VariableRateCodec, y, means, log_scales) -> torch.Tensor:
+    """Bits of y under the context model's parameters (the usual uniform-noise proxy)."""
     c_means, c_log_scales = model.ctx(y, means, log_scales)
-    v = y + torch.empty_like(y).uniform_(-0.5, 0.5) if noise else torch.round(y - c_means) + c_means
+    v = y + torch.empty_like(y).uniform_(-0.5, 0.5)
     return -gaussian_likelihood(v, c_means, c_log_scales.exp()).clamp_min(1e-9).log2().sum()
 
 
@@ -53,9 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("codec", type=Path, help="trained codec checkpoint (without context)")
     ap.add_argument("out", type=Path)
     ap.add_argument("--data", nargs="+", default=DEFAULT_DATA)
-    ap.add_argument("--slices", type=int, default=2, help="channel slices (1: plain checkerboard)")
+    ap.add_argument("--slices", type=int, default=4, help="channel slices (1: plain checkerboard)")
     ap.add_argument("--crops", type=int, default=7200, help="cached 256x256 training crops")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=9)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--final-lr", type=float, default=1e-4, help="for the last quarter of the epochs")
     ap.add_argument("--threads", type=int, default=0)
@@ -74,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     cache = cached_latents(model, sampler, args.crops // 8, 8)
     pixels = 8 * 256 * 256
     opt = torch.optim.Adam(model.ctx.parameters(), lr=args.lr)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     log = open(args.out.with_suffix(".log"), "a")
     for epoch in range(args.epochs):
         if epoch == args.epochs - max(1, args.epochs // 4):
@@ -81,14 +78,14 @@ def main(argv: list[str] | None = None) -> None:
                 g["lr"] = args.final_lr
         total = 0.0
         for y, means, log_scales in cache:
-            loss = context_bits(model, y, means, log_scales, noise=True) / pixels
+            loss = context_bits(model, y, means, log_scales) / pixels
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item()
         rec = {"epoch": epoch + 1, "latent_bpp": round(total / len(cache), 5), "seconds": round(time.time() - t0)}
         print(json.dumps(rec), file=log, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    log.close()
     extra = {k: ck[k] for k in ("step", "wall_seconds", "hardware", "data") if k in ck}
     torch.save({"model": model.state_dict(), "config": model.config.to_dict(), **extra,
                 "context_training": {"crops": len(cache) * 8, "epochs": args.epochs,
