@@ -220,6 +220,17 @@ def test_context_parameters_do_not_depend_on_summation_order(model):
             assert not np.array_equal(ref[0], means[:, ch][..., pos])  # it does predict
 
 
+def test_context_in_position_chunks_changes_no_bit(model, monkeypatch):
+    """Large images run the context model in chunks of positions (bounded memory); the
+    chunk size must not change a single bit of the stream or of the decoded latents."""
+    x = natural_image(192, 256)
+    data = model.compress_batch([x], [50])[0]
+    ref = model.decode_latents([model.parse(data)])
+    monkeypatch.setattr(fixedpoint, "CONTEXT_CHUNK", 7)
+    assert model.compress_batch([x], [50])[0] == data
+    assert np.array_equal(model.decode_latents([model.parse(data)]), ref)
+
+
 def test_golden_bitstream_decodes_to_golden_pixels(model):
     spec = json.loads((GOLDEN / "golden.json").read_text())
     if spec["model_sha256"] != model.sha256:

@@ -180,6 +180,7 @@ class HyperSynthesis:
 
 # the 5x5 window of the context convolutions
 WINDOW = [(dy, dx) for dy in range(5) for dx in range(5)]
+CONTEXT_CHUNK = 2048  # latent positions per context GEMM (x batch): bounds its im2col memory
 
 
 def anchor_mask(h: int, w: int) -> np.ndarray:
@@ -238,21 +239,27 @@ class ContextModel:
         ii, jj = np.nonzero(positions)
         if ii.size == 0:
             return np.zeros((b, width, 0), np.int64), np.zeros((b, width, 0), np.int64)
+        s = (step // 2) * width
+        new_mu = np.empty((b, width, ii.size), np.int64)
+        new_ls = np.empty((b, width, ii.size), np.int64)
         with single_threaded_blas():
             a = np.zeros((b, h + 4, w + 4, max(n for _, _, n in taps)))
             a[:, 2 : 2 + h, 2 : 2 + w] = y_hat[:, : a.shape[3]].transpose(0, 2, 3, 1)
             np.clip(a, -ACT_LIMIT, ACT_LIMIT, out=a)
-            cols = np.concatenate([a[:, ii + dy, jj + dx, :n] for dy, dx, n in taps], axis=2)  # (B, P, K)
-            c = ctx.rows(cols.reshape(b * ii.size, -1), relu=False)
-            mu = means[:, :, ii, jj].transpose(0, 2, 1).reshape(-1, m).astype(np.float64)
-            ls = np.clip(log_scales[:, :, ii, jj].transpose(0, 2, 1).reshape(-1, m), self._lo, self._hi)
-            d = p3.rows(p2.rows(p1.rows(np.concatenate([mu, ls, c], axis=1), relu=True), relu=True), relu=False)
-            s = (step // 2) * width
-            new_mu = mu[:, s : s + width] + d[:, :width]
-            new_ls = np.clip(ls[:, s : s + width] + d[:, width:], self._lo, self._hi)
-        shape = (b, ii.size, width)
-        return (new_mu.reshape(shape).transpose(0, 2, 1).astype(np.int64),
-                new_ls.reshape(shape).transpose(0, 2, 1).astype(np.int64))
+            # positions in chunks: the im2col rows of a large image would otherwise take GBs
+            for lo in range(0, ii.size, CONTEXT_CHUNK):
+                ci, cj = ii[lo : lo + CONTEXT_CHUNK], jj[lo : lo + CONTEXT_CHUNK]
+                cols = np.concatenate([a[:, ci + dy, cj + dx, :n] for dy, dx, n in taps], axis=2)  # (B, P, K)
+                c = ctx.rows(cols.reshape(b * ci.size, -1), relu=False)
+                mu = means[:, :, ci, cj].transpose(0, 2, 1).reshape(-1, m).astype(np.float64)
+                ls = np.clip(log_scales[:, :, ci, cj].transpose(0, 2, 1).reshape(-1, m), self._lo, self._hi)
+                d = p3.rows(p2.rows(p1.rows(np.concatenate([mu, ls, c], axis=1), relu=True), relu=True), relu=False)
+                part = (b, ci.size, width)
+                new_mu[:, :, lo : lo + ci.size] = (mu[:, s : s + width] + d[:, :width]).reshape(part).transpose(0, 2, 1)
+                new_ls[:, :, lo : lo + ci.size] = np.clip(
+                    ls[:, s : s + width] + d[:, width:], self._lo, self._hi
+                ).reshape(part).transpose(0, 2, 1)
+        return new_mu, new_ls
 
 
 def hyper_synthesis(
