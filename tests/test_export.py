@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch", reason="export tests need the [train] extra
 ort = pytest.importorskip("onnxruntime")
 
 from saic.codec import fixedpoint, load_model  # noqa: E402
+from saic.codec.model import _symbols  # noqa: E402
 from saic.training.export import export  # noqa: E402
 from saic.training.model import CodecConfig, VariableRateCodec, rd_loss  # noqa: E402
 from saic.training.train_codec import save_checkpoint  # noqa: E402
@@ -127,8 +128,9 @@ def test_fixed_point_context_matches_float(exported_context):
     with torch.no_grad():
         ref_means, ref_log_scales = model.entropy_parameters(y, torch.from_numpy(z).float(), t)
         hyper_means = model.h_s(torch.from_numpy(z).float() * model._interp(model.log_inv_hgain, t))[0]
-    hyper = fixedpoint.hyper_synthesis_parameters(runtime._arrays, z, qs)
-    _, means, log_scales = runtime._quantise(y.double().numpy(), *hyper, None)
+    hyper = fixedpoint.HyperSynthesis(runtime._arrays).parameters(z, qs)
+    y_np = y.double().numpy()
+    _, means, log_scales = runtime._code_parts(hyper, lambda ch, ii, jj, mu, ls: _symbols(y_np[:, ch, ii, jj], mu), None)
     assert (ref_means - hyper_means).abs().mean() > 0.05  # the context really moves the means
     assert np.abs(means * 2.0**-fixedpoint.ACT_FRAC - ref_means.numpy()).max() < 0.05
     lo, hi = runtime._arrays["x_log_scale_range"] * 2.0**-fixedpoint.ACT_FRAC

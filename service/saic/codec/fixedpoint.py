@@ -270,9 +270,3 @@ def hyper_synthesis(
     One-off form; a loaded model keeps a `HyperSynthesis` so the weights are prepared once."""
     return HyperSynthesis(t)(z_hat, qualities)
 
-
-def hyper_synthesis_parameters(
-    t: Mapping[str, np.ndarray], z_hat: np.ndarray, qualities: list[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """One-off `HyperSynthesis.parameters`: (means, log-scales) before the scale-table lookup."""
-    return HyperSynthesis(t).parameters(z_hat, qualities)

@@ -10,7 +10,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -324,7 +324,8 @@ class CodecModel:
         z_hat = np.clip(np.rint(z * hg), -entropy.SYMBOL_LIMIT, entropy.SYMBOL_LIMIT).astype(np.int64)
         with _timed(timings, "entropy_params"):
             hyper = self._hyper_synthesis.parameters(z_hat, qs)
-        sym, _, log_scales = self._quantise(y_g.astype(np.float64), *hyper, timings)
+        y_g = y_g.astype(np.float64)
+        sym, _, log_scales = self._code_parts(hyper, lambda ch, ii, jj, mu, ls: _symbols(y_g[:, ch, ii, jj], mu), timings)
         index = self._hyper_synthesis.scale_index(log_scales)
         parts = self._parts(*sym.shape[2:])
         out = []
@@ -379,19 +380,13 @@ class CodecModel:
         with _timed(timings, "entropy_params"):
             hyper = self._hyper_synthesis.parameters(np.stack(zs), qs)
         decoders = [entropy.y_decoders(dec, it.substreams) for dec, it in zip(decoders, items)]
-        means, log_scales = (p.copy() for p in hyper)
-        sym = np.zeros_like(means)
-        decoded = np.zeros_like(means)  # y_hat so far, in 2**-ACT_FRAC units: the context's input
-        for k, (ch, pos) in enumerate(self._parts(*means.shape[2:])):
-            ii, jj = np.nonzero(pos)
-            if k:
-                with _timed(timings, "entropy_params"):
-                    means[:, ch, ii, jj], log_scales[:, ch, ii, jj] = self._context(k, decoded, *hyper, pos)
-            index = self._hyper_synthesis.scale_index(log_scales[:, ch, ii, jj])
+
+        def decode(ch: slice, ii: np.ndarray, jj: np.ndarray, mu: np.ndarray, ls: np.ndarray) -> np.ndarray:
+            index = self._hyper_synthesis.scale_index(ls)
             with _timed(timings, "entropy_decode"):
-                for i in range(len(items)):
-                    sym[i, ch][:, ii, jj] = entropy.decode_y(self._tables, decoders[i], index[i])
-            decoded[:, ch, ii, jj] = sym[:, ch, ii, jj] * (1 << fixedpoint.ACT_FRAC) + means[:, ch, ii, jj]
+                return np.stack([entropy.decode_y(self._tables, decoders[i], index[i]) for i in range(len(items))])
+
+        sym, means, _ = self._code_parts(hyper, decode, timings)
         y_hat = sym + means * 2.0**-fixedpoint.ACT_FRAC
         inv = np.stack([fixedpoint.interp_float(a["inv_gain"], q) for q in qs])[:, :, None, None]
         return (y_hat * inv).astype(np.float32)
@@ -401,25 +396,30 @@ class CodecModel:
         slices = self._context.slices if self._context is not None else 0
         return fixedpoint.context_parts(slices, self._arrays["gain"].shape[1], h, w)
 
-    def _quantise(
-        self, y: np.ndarray, means: np.ndarray, log_scales: np.ndarray, timings: dict[str, float] | None
+    def _code_parts(
+        self,
+        hyper: tuple[np.ndarray, np.ndarray],
+        part_symbols: Callable[[slice, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+        timings: dict[str, float] | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Gained latents -> (symbols, means, log-scales) as coded.  With a context model, part
-        by part: each part's parameters come from the parts quantised before it."""
-        if self._context is None:
-            return _symbols(y, means), means, log_scales
-        sym = np.zeros(y.shape, np.int64)
-        y_hat = np.zeros(y.shape, np.int64)
-        c_means, c_log_scales = means.copy(), log_scales.copy()
-        for k, (ch, pos) in enumerate(self._parts(*y.shape[2:])):
+        """Walk the coding parts in order, the same way when encoding and decoding: each part's
+        means and log-scales (the hyper-prior's, or the context model's from the parts before
+        it), then its symbols from `part_symbols(channels, rows, cols, means, log_scales)`
+        (quantised by the encoder, entropy-decoded by the decoder).  Returns the whole
+        (symbols, means, log-scales) as coded, int64 (B, M, H, W)."""
+        means, log_scales = (p.copy() for p in hyper)
+        sym = np.zeros_like(means)
+        decoded = np.zeros_like(means)  # y_hat so far, in 2**-ACT_FRAC units: the context's input
+        for k, (ch, pos) in enumerate(self._parts(*means.shape[2:])):
             ii, jj = np.nonzero(pos)
             if k:
                 with _timed(timings, "entropy_params"):
-                    c_means[:, ch, ii, jj], c_log_scales[:, ch, ii, jj] = self._context(k, y_hat, means, log_scales, pos)
-            mu = c_means[:, ch, ii, jj]
-            sym[:, ch, ii, jj] = _symbols(y[:, ch, ii, jj], mu)
-            y_hat[:, ch, ii, jj] = sym[:, ch, ii, jj] * (1 << fixedpoint.ACT_FRAC) + mu
-        return sym, c_means, c_log_scales
+                    means[:, ch, ii, jj], log_scales[:, ch, ii, jj] = self._context(k, decoded, *hyper, pos)
+            mu = means[:, ch, ii, jj]
+            sym[:, ch, ii, jj] = part_symbols(ch, ii, jj, mu, log_scales[:, ch, ii, jj])
+            if self._context is not None:
+                decoded[:, ch, ii, jj] = sym[:, ch, ii, jj] * (1 << fixedpoint.ACT_FRAC) + mu
+        return sym, means, log_scales
 
     # ---------------------------------------------------------------- checks
     @staticmethod

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saic.codec import fixedpoint
 from saic.codec.fixedpoint import context_prefix  # one rule for which latents a step may read
 
 SCALE_MIN = 0.11
@@ -118,10 +119,8 @@ class HyperSynthesis(nn.Module):
 
 
 def anchor_mask(h: int, w: int, device=None) -> torch.Tensor:
-    """(1, 1, h, w) bool: the checkerboard's anchors, (i + j) even."""
-    i = torch.arange(h, device=device)[:, None]
-    j = torch.arange(w, device=device)[None, :]
-    return ((i + j) % 2 == 0)[None, None]
+    """(1, 1, h, w) bool: the checkerboard's anchors (fixedpoint.anchor_mask, as a tensor)."""
+    return torch.from_numpy(fixedpoint.anchor_mask(h, w))[None, None].to(device)
 
 
 class ContextStep(nn.Module):
