@@ -78,7 +78,8 @@ def test_tile_spans_cover_the_latent_grid():
 
 
 def test_tiled_transforms_equal_untiled(model):
-    """Tiles with a 32-pixel halo see every input their kept outputs depend on: same bits."""
+    """Tiles with the model's halo (32 px, more with synthesis blocks) see every input their kept
+    outputs depend on: same bits."""
     from saic.codec.model import CodecModel
 
     tiled = CodecModel(model.path, threads=1, tile=64)

@@ -180,11 +180,84 @@ def test_train_context_writes_an_exportable_context_checkpoint(tmp_path):
     model = VariableRateCodec(CodecConfig(n=8, m=12, nz=4, nh=8, nc=8))
     save_checkpoint(tmp_path / "codec.pt", model, torch.optim.Adam(model.parameters()), 11, {})
     train_context.main([str(tmp_path / "codec.pt"), str(tmp_path / "ctx.pt"), "--data", str(data),
-                        "--slices", "2", "--crops", "16", "--epochs", "2"])
+                        "--slices", "2", "--crops", "16", "--epochs", "2", "--hyper"])
     log = [json.loads(line) for line in (tmp_path / "ctx.log").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
+    trained = torch.load(tmp_path / "ctx.pt", weights_only=False)
+    before = model.state_dict()
+    assert trained["context_training"]["hyper"] is True
+    assert all(torch.equal(trained["model"][k], v) for k, v in before.items() if k.startswith(("g_a", "g_s", "log_gain", "log_inv_gain")))
+    assert not torch.equal(trained["model"]["h_s.c4.weight"], before["h_s.c4.weight"])  # --hyper: the hyper-prior learns too
     manifest = export(tmp_path / "ctx.pt", tmp_path / "model", "tiny-ctx")
     assert manifest["config"]["context_slices"] == 2 and manifest["training"]["steps"] == 11
     runtime = load_model(tmp_path / "model")
     x = (rng.random((64, 80, 3)) * 255).astype(np.uint8)
     assert runtime.decompress_batch(runtime.compress_batch([x], [30]))[0].shape == x.shape
+
+
+def test_synthesis_blocks_start_as_the_identity():
+    torch.manual_seed(8)
+    cfg = CodecConfig(n=8, m=12, nz=4, nh=8)
+    plain = VariableRateCodec(cfg).eval()
+    deep = VariableRateCodec(CodecConfig(**{**cfg.to_dict(), "lambdas": cfg.lambdas, "synthesis_blocks": 2})).eval()
+    missing = deep.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("g_s.refine") for k in missing)
+    y = torch.randn(2, 12, 4, 6) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(deep.g_s(y), plain.g_s(y))
+
+
+def test_train_synthesis_changes_pixels_not_bits(tmp_path):
+    """Decoder-only fine-tuning: the encoder side exports byte for byte as before, so every
+    stream keeps its bits; the deeper synthesis decodes them, tiled or whole alike."""
+    from PIL import Image
+
+    from saic.codec.model import synthesis_halo
+    from saic.training import train_synthesis
+
+    torch.manual_seed(9)
+    rng = np.random.default_rng(9)
+    data = tmp_path / "photos"
+    data.mkdir()
+    for i in range(2):
+        Image.fromarray((rng.random((260, 300, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    model = VariableRateCodec(CodecConfig(n=8, m=12, nz=4, nh=8, nc=8, context_slices=2))
+    save_checkpoint(tmp_path / "codec.pt", model, torch.optim.Adam(model.parameters()), 13, {})
+    train_synthesis.main([str(tmp_path / "codec.pt"), str(tmp_path / "syn.pt"), "--data", str(data),
+                          "--blocks", "2", "--crops", "16", "--val-crops", "8", "--minutes", "0.05"])
+    log = [json.loads(line) for line in (tmp_path / "syn.log").read_text().splitlines()]
+    assert "val_psnr" in log[0] and log[-1]["steps"] > 0
+    base = export(tmp_path / "codec.pt", tmp_path / "base", "tiny-base")
+    deep = export(tmp_path / "syn.pt", tmp_path / "deep", "tiny-deep")
+    assert deep["config"]["synthesis_blocks"] == 2 and deep["training"]["steps"] == 13
+    assert deep["training"]["synthesis_training"]["steps"] == log[-1]["steps"]
+    for f in ("analysis.onnx", "hyper_analysis.onnx"):
+        assert deep["files"][f] == base["files"][f]
+    with np.load(tmp_path / "base" / "entropy.npz") as a, np.load(tmp_path / "deep" / "entropy.npz") as b:
+        assert a.files == b.files
+        assert all(np.array_equal(a[k], b[k]) for k in a.files if k != "inv_gain")  # the rate side is untouched
+    assert synthesis_halo(0) == 32 and synthesis_halo(2) == 80
+    x = (rng.random((150, 200, 3)) * 255).astype(np.uint8)
+    whole, tiled = load_model(tmp_path / "deep"), load_model(tmp_path / "deep", tile=64)
+    data_ = whole.compress_batch([x], [70])
+    assert np.array_equal(whole.decompress_batch(data_)[0], tiled.decompress_batch(data_)[0])
+
+
+def test_synthesis_halo_covers_the_blocks_reach(tmp_path, monkeypatch):
+    """With random (non-identity) blocks, tiles decode like the whole image only with the
+    grown halo; the base halo of 32 px visibly falls short."""
+    import saic.codec.model as codec_model
+
+    torch.manual_seed(10)
+    model = VariableRateCodec(CodecConfig(n=8, m=12, nz=4, nh=8, synthesis_blocks=2))
+    for conv in model.g_s.modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            torch.nn.init.normal_(conv.weight, std=0.3)
+    save_checkpoint(tmp_path / "ckpt.pt", model, torch.optim.Adam(model.parameters()), 0, {})
+    export(tmp_path / "ckpt.pt", tmp_path / "model", "tiny-blocks")
+    x = (np.random.default_rng(10).random((150, 200, 3)) * 255).astype(np.uint8)
+    data = load_model(tmp_path / "model").compress_batch([x], [70])
+    whole = load_model(tmp_path / "model").decompress_batch(data)[0]
+    assert np.array_equal(load_model(tmp_path / "model", tile=64).decompress_batch(data)[0], whole)
+    monkeypatch.setattr(codec_model, "HALO_PER_SYNTHESIS_BLOCK", 0)
+    assert not np.array_equal(load_model(tmp_path / "model", tile=64).decompress_batch(data)[0], whole)

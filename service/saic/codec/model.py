@@ -25,6 +25,8 @@ ALIGN = 64  # total downsampling of the hyper-latent: inputs are padded to a mul
 STRIDE = 16  # downsampling of the latent y
 TILE = 1024  # analysis/synthesis run on tiles of at most this many pixels a side (bounded memory)
 HALO = 32  # context around a tile: beyond the receptive field's reach, so tiling changes no bit (tested)
+# each synthesis residual block (3x3 convolutions at 1/8 and at 1/4 resolution) reaches this much further
+HALO_PER_SYNTHESIS_BLOCK = 2 * 8 + 2 * 4
 SYMBOLS_PER_SUBSTREAM = 1 << 16
 MAX_SUBSTREAMS = 8
 # compress_to_bpp also tries half resolution when full resolution fits only at or below this quality
@@ -81,13 +83,18 @@ def padded_size(height: int, width: int) -> tuple[int, int]:
     return -(-height // ALIGN) * ALIGN, -(-width // ALIGN) * ALIGN
 
 
-def tile_spans(n: int, tile: int) -> list[tuple[int, int, int, int]]:
+def synthesis_halo(blocks: int) -> int:
+    """Tile halo (pixels, on the latent grid) for a synthesis with `blocks` residual blocks."""
+    return -(-(HALO + blocks * HALO_PER_SYNTHESIS_BLOCK) // STRIDE) * STRIDE
+
+
+def tile_spans(n: int, tile: int, halo: int = HALO) -> list[tuple[int, int, int, int]]:
     """Split [0, n) into near-equal cores of at most `tile` pixels on the latent grid:
     (lo, hi) with the halo, clipped to [0, n), then the core (a, b)."""
     k = -(-n // max(tile, STRIDE))
     units = n // STRIDE
     cuts = [STRIDE * ((units * i) // k) for i in range(k + 1)]
-    return [(max(a - HALO, 0), min(b + HALO, n), a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [(max(a - halo, 0), min(b + halo, n), a, b) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 def substream_count(latent_symbols: int) -> int:
@@ -125,6 +132,7 @@ class CodecModel:
         self.id: str = self.manifest["id"]
         self.sha256: str = self.manifest["sha256"]
         self.tag: int = int(self.manifest["tag"])
+        self._synthesis_halo = synthesis_halo(int(self.manifest.get("config", {}).get("synthesis_blocks", 0)))
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -291,8 +299,8 @@ class CodecModel:
         """y_hat (B,M,h,w) -> HxWx3 uint8 images, tile by tile; no full-size float image is held."""
         ph, pw = y_hat.shape[2] * STRIDE, y_hat.shape[3] * STRIDE
         out = [np.empty((h, w, 3), np.uint8) for h, w in shapes]
-        for r0, r1, a0, a1 in tile_spans(ph, self.tile):
-            for c0, c1, b0, b1 in tile_spans(pw, self.tile):
+        for r0, r1, a0, a1 in tile_spans(ph, self.tile, self._synthesis_halo):
+            for c0, c1, b0, b1 in tile_spans(pw, self.tile, self._synthesis_halo):
                 if not any(a0 < h and b0 < w for h, w in shapes):
                     continue  # a tile of padding only
                 with _timed(timings, "synthesis"):

@@ -156,7 +156,7 @@ def save_resumable(model: VariableRateCodec, ck: dict, path: Path) -> None:
     """Weights-only fp16 checkpoint (a third of the full one) for `train_codec --init`:
     lets CPU training accumulate across sessions from the shipped model."""
     state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    keep = ("step", "wall_seconds", "hardware", "data", "context_training")
+    keep = ("step", "wall_seconds", "hardware", "data", "context_training", "synthesis_training")
     torch.save({"model": state, "config": model.config.to_dict(), **{k: ck[k] for k in keep if k in ck}}, path)
 
 
@@ -189,7 +189,7 @@ def export(ckpt: Path, out: Path, model_id: str) -> dict:
             "data": ck.get("data", []),
             # SAIC fine-tunes (train_saic) also record their semantic loss and starting point
             **{k: ck[k] for k in ("beta", "weighting", "layers", "classifier", "init", "base_step",
-                                  "context_training") if k in ck},
+                                  "context_training", "synthesis_training") if k in ck},
         },
     }
     old = out / "manifest.json"

@@ -36,6 +36,7 @@ class CodecConfig:
     lambdas: tuple[float, ...] = (0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.05)
     context_slices: int = 0  # channel slices of the checkerboard context model (0: none)
     nc: int = 128  # context parameter-network width
+    synthesis_blocks: int = 0  # residual blocks after the synthesis's 1st and 2nd upsampling (each)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -77,16 +78,38 @@ class Analysis(nn.Module):
         return self.net(x)
 
 
+class ResidualBlock(nn.Module):
+    """x + conv(relu(conv(x))), 3x3; the second convolution starts at zero (identity block),
+    so blocks can be added to a trained synthesis without changing its output."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(ch, ch, 3, 1, 1)
+        self.c2 = nn.Conv2d(ch, ch, 3, 1, 1)
+        nn.init.zeros_(self.c2.weight)
+        nn.init.zeros_(self.c2.bias)
+
+    def forward(self, x):
+        return x + self.c2(F.relu(self.c1(x)))
+
+
 class Synthesis(nn.Module):
+    """Four 5x5 stride-2 deconvolutions with IGDN; optionally `synthesis_blocks` residual
+    blocks at 1/8 and at 1/4 resolution (cheap there: most of the cost is at 1/2)."""
+
     def __init__(self, c: CodecConfig):
         super().__init__()
         n, m = c.n, c.m
         self.net = nn.Sequential(
             deconv(m, n), GDN(n, True), deconv(n, n), GDN(n, True), deconv(n, n), GDN(n, True), deconv(n, 3)
         )
+        self.refine8 = nn.Sequential(*(ResidualBlock(n) for _ in range(c.synthesis_blocks)))
+        self.refine4 = nn.Sequential(*(ResidualBlock(n) for _ in range(c.synthesis_blocks)))
 
     def forward(self, y):
-        return self.net(y)
+        h = self.refine8(self.net[1](self.net[0](y)))
+        h = self.refine4(self.net[3](self.net[2](h)))
+        return self.net[4:](h)
 
 
 class HyperAnalysis(nn.Module):
