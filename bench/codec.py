@@ -12,7 +12,8 @@ repeats the whole sequence in alternating codec order so drifting background loa
 every codec alike, and ratios are taken between medians from the same run.  AVIF and WebP
 qualities are chosen (by bisection on the Kodak-size image) to match saic's bpp at
 --quality.  --before DIR adds "saic-before": the same cases run against another source
-tree (e.g. `git archive <commit> service | tar -x -C DIR`), for before/after in one run.
+tree (e.g. `git archive <commit> service | tar -x -C DIR`), for before/after in one run;
+--before-model DIR runs saic-before on another model (alone: two models, this tree).
 
     python bench/codec.py                 # kodak + 4k
     python bench/codec.py --quick         # kodak only, 1 round, 1 rep
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="CPUs (and codec threads) per case")
     ap.add_argument("--codecs", default="saic,avif,webp")
     ap.add_argument("--before", type=Path, help="source tree of an older saic (DIR/service/saic) to add as saic-before")
+    ap.add_argument("--before-model", type=Path, help="model directory for saic-before (default: --model); "
+                    "alone, it compares two models under this tree")
     ap.add_argument("--tile", type=int, help="saic tile side (default: the codec's)")
     ap.add_argument("--spinning", action="store_true", help="let saic's ORT threads spin")
     ap.add_argument("--nice", type=int, default=5, help="niceness of the case processes (a shared machine)")
@@ -286,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes, args.reps, args.rounds = "kodak", 1, 1
     sizes = [s for s in args.sizes.split(",") if s]
     codecs = [c for c in args.codecs.split(",") if c]
-    if args.before:
+    if args.before or args.before_model:
         codecs.insert(codecs.index("saic") + 1 if "saic" in codecs else 0, "saic-before")
     model = (args.model or default_model()).resolve()
     tmp = Path(tempfile.mkdtemp(prefix="saic-bench-"))
@@ -326,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             for c in (codecs if rnd % 2 == 0 else codecs[::-1]):
                 enc_out = tmp / f"{c}-{size}.bin"
                 spec = {**common, "codec": c, "size": size, "quality": qualities[c], "out": str(enc_out), "reps": reps}
-                if c == "saic-before":
+                if c == "saic-before" and args.before:
                     spec["pythonpath"] = str(args.before.resolve() / "service")
+                if c == "saic-before" and args.before_model:
+                    spec["model"] = str(args.before_model.resolve())
                 runs[c]["encode"].append(run_case({**spec, "op": "encode"}, args.nice))
                 runs[c]["decode"].append(run_case({**spec, "op": "decode", "data": str(enc_out)}, args.nice))
                 e, d = runs[c]["encode"][-1], runs[c]["decode"][-1]
@@ -335,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"enc {e['megapixels'] / statistics.median(e['seconds_all']):.3f} MP/s "
                       f"dec {d['megapixels'] / statistics.median(d['seconds_all']):.3f} MP/s", file=sys.stderr)
         per = {c: {op: merge(r) for op, r in ops.items()} for c, ops in runs.items()}
-        results["sizes"][size] = {"image": desc, "codecs": per, "flops": transform_flops(model, ph, pw)}
+        flops = {c: transform_flops(args.before_model.resolve() if c == "saic-before" and args.before_model else model, ph, pw)
+                 for c in codecs if c in SAIC}
+        results["sizes"][size] = {"image": desc, "codecs": per, "flops": flops}
     results["load_average_end"] = os.getloadavg()
     print(report(results))
     if args.json:
@@ -383,7 +390,7 @@ def report(results: dict[str, Any]) -> str:
                 for k in STAGES:
                     if k in stages:
                         s, cs = stages[k], stages.get("cpu:" + k, float("nan"))
-                        f = block["flops"].get(k)
+                        f = block["flops"][c].get(k)
                         rate = f / cs / 1e9 if f and cs > 0 else None
                         lines.append(
                             f"| {op}: {k} | {s:.3f} | {cs:.3f} | {r['megapixels'] / cs if cs > 0 else float('inf'):.2f} | "
