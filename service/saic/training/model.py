@@ -95,7 +95,8 @@ class ResidualBlock(nn.Module):
 
 class Synthesis(nn.Module):
     """Four 5x5 stride-2 deconvolutions with IGDN; optionally `synthesis_blocks` residual
-    blocks at 1/8 and at 1/4 resolution (cheap there: most of the cost is at 1/2)."""
+    blocks at 1/8 and at 1/4 resolution (not at 1/2, where a 3x3 convolution costs 4x more;
+    two of each still double the synthesis FLOPs of saic-small, docs/performance.md)."""
 
     def __init__(self, c: CodecConfig):
         super().__init__()

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--val-crops", type=int, default=256, help="held-out crops, logged each epoch")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--minutes", type=float, default=60)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--final-lr", type=float, default=1e-5, help="for the last quarter of the time")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--final-lr", type=float, default=2e-5, help="for the last quarter of the time")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
