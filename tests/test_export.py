@@ -4,6 +4,7 @@ matches the float hyper-synthesis it was quantised from."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,8 +155,7 @@ def test_fresh_context_is_the_plain_hyperprior_and_learns():
     torch.manual_seed(6)
     cfg = CodecConfig(n=8, m=12, nz=4, nh=8, nc=8)
     plain = VariableRateCodec(cfg).eval()
-    ctx = VariableRateCodec(CodecConfig(**{**cfg.to_dict(), "lambdas": cfg.lambdas, "context_slices": 2})).eval()
-    ctx.load_state_dict(plain.state_dict(), strict=False)
+    ctx = plain.grown("ctx.", context_slices=2)[0].eval()
     y, z, t = torch.randn(2, 12, 8, 8) * 4, torch.randint(-3, 4, (2, 4, 2, 2)).float(), torch.tensor([0.0, 5.5])
     for a, b in zip(plain.entropy_parameters(y, z, t), ctx.entropy_parameters(y, z, t)):
         torch.testing.assert_close(a, b)  # zero-initialised last layer: identical to start with
@@ -166,17 +166,23 @@ def test_fresh_context_is_the_plain_hyperprior_and_learns():
     assert all(step.p3.weight.grad.abs().sum() > 0 for step in ctx.ctx.steps)  # the rate term reaches every step
 
 
-def test_train_context_writes_an_exportable_context_checkpoint(tmp_path):
+def _photos(tmp_path: Path, rng: np.random.Generator) -> Path:
+    """Two random 260x300 PNGs in tmp_path/photos: training data for the scripts' tests."""
     from PIL import Image
 
-    from saic.training import train_context
-
-    torch.manual_seed(7)
-    rng = np.random.default_rng(7)
     data = tmp_path / "photos"
     data.mkdir()
     for i in range(2):
         Image.fromarray((rng.random((260, 300, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    return data
+
+
+def test_train_context_writes_an_exportable_context_checkpoint(tmp_path):
+    from saic.training import train_context
+
+    torch.manual_seed(7)
+    rng = np.random.default_rng(7)
+    data = _photos(tmp_path, rng)
     model = VariableRateCodec(CodecConfig(n=8, m=12, nz=4, nh=8, nc=8))
     save_checkpoint(tmp_path / "codec.pt", model, torch.optim.Adam(model.parameters()), 11, {})
     train_context.main([str(tmp_path / "codec.pt"), str(tmp_path / "ctx.pt"), "--data", str(data),
@@ -199,9 +205,12 @@ def test_synthesis_blocks_start_as_the_identity():
     torch.manual_seed(8)
     cfg = CodecConfig(n=8, m=12, nz=4, nh=8)
     plain = VariableRateCodec(cfg).eval()
-    deep = VariableRateCodec(CodecConfig(**{**cfg.to_dict(), "lambdas": cfg.lambdas, "synthesis_blocks": 2})).eval()
-    missing = deep.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert missing and all(k.startswith("g_s.refine") for k in missing)
+    deep, added = plain.grown("g_s.refine", synthesis_blocks=2)
+    deep.eval()
+    assert added and all(k.startswith("g_s.refine") for k in added)
+    assert deep.grown("g_s.refine", synthesis_blocks=2)[1] == []  # continuing adds nothing
+    with pytest.raises(ValueError, match="outside"):
+        plain.grown("g_s.refine", context_slices=2)
     y = torch.randn(2, 12, 4, 6) * 3
     with torch.no_grad():
         torch.testing.assert_close(deep.g_s(y), plain.g_s(y))
@@ -210,17 +219,12 @@ def test_synthesis_blocks_start_as_the_identity():
 def test_train_synthesis_changes_pixels_not_bits(tmp_path):
     """Decoder-only fine-tuning: the encoder side exports byte for byte as before, so every
     stream keeps its bits; the deeper synthesis decodes them, tiled or whole alike."""
-    from PIL import Image
-
     from saic.codec.model import synthesis_halo
     from saic.training import train_synthesis
 
     torch.manual_seed(9)
     rng = np.random.default_rng(9)
-    data = tmp_path / "photos"
-    data.mkdir()
-    for i in range(2):
-        Image.fromarray((rng.random((260, 300, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    data = _photos(tmp_path, rng)
     model = VariableRateCodec(CodecConfig(n=8, m=12, nz=4, nh=8, nc=8, context_slices=2))
     save_checkpoint(tmp_path / "codec.pt", model, torch.optim.Adam(model.parameters()), 13, {})
     train_synthesis.main([str(tmp_path / "codec.pt"), str(tmp_path / "syn.pt"), "--data", str(data),

@@ -320,6 +320,16 @@ class VariableRateCodec(nn.Module):
         model.load_state_dict(state)
         return model
 
+    def grown(self, new: str, **changes) -> tuple["VariableRateCodec", list[str]]:
+        """A copy with config `changes` that only add weights (keys starting with `new`: the
+        context model, synthesis blocks), every other weight kept; also the keys it added
+        (none when this model had them already, e.g. when continuing)."""
+        model = VariableRateCodec(replace(self.config, **changes))
+        added = model.load_state_dict(self.state_dict(), strict=False).missing_keys
+        if not all(k.startswith(new) for k in added):
+            raise ValueError(f"{changes} adds weights outside {new!r}: {added}")
+        return model, added
+
     def lmbda(self, t: torch.Tensor) -> torch.Tensor:
         lam = torch.tensor(self.config.lambdas, device=t.device).log()
         i = t.floor().clamp(0, len(self.config.lambdas) - 2).long()

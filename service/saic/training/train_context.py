@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -64,9 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     base, ck = load_model(args.codec)
-    model = VariableRateCodec(replace(base.config, context_slices=args.slices))
-    missing = model.load_state_dict(base.state_dict(), strict=False).missing_keys
-    assert all(k.startswith("ctx.") for k in missing), missing
+    model, missing = base.grown("ctx.", context_slices=args.slices)
     model.eval().requires_grad_(False)
     trained = [model.ctx] + ([model.h_a, model.h_s, model.prior] if args.hyper else [])
     params = [p for m in trained for p in m.parameters()] + ([model.log_hgain, model.log_inv_hgain] if args.hyper else [])

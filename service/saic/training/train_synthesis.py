@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -74,9 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     base, ck = load_model(args.codec)
     blocks = max(args.blocks, base.config.synthesis_blocks)
-    model = VariableRateCodec(replace(base.config, synthesis_blocks=blocks))
-    missing = model.load_state_dict(base.state_dict(), strict=False).missing_keys
-    assert all(k.startswith("g_s.refine") for k in missing), missing
+    model, missing = base.grown("g_s.refine", synthesis_blocks=blocks)
     model.eval().requires_grad_(False)
     params = [*model.g_s.parameters(), model.log_inv_gain]
     for p in params:
